@@ -1,0 +1,59 @@
+"""Batched, left-padded generation with the KV cache, decoded up to the end-of-sequence token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+@contextmanager
+def left_padding(tokenizer) -> Iterator[None]:
+    """Temporarily pad on the left, so that position -1 is every prompt's last token."""
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = previous
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str) -> dict:
+    """Left-padded batch of prompts (no special tokens added), on ``device``."""
+    with left_padding(tokenizer):
+        batch = tokenizer(list(prompts), return_tensors="pt", padding=True,
+                          add_special_tokens=False)
+    return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+
+
+def decode_new_tokens(tokenizer, ids: torch.Tensor) -> list[str]:
+    """Text of generated ids, cut at the first EOS; added tokens (memorized answers) are kept."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    texts = []
+    for row in ids.tolist():
+        if eos in row:
+            row = row[: row.index(eos)]
+        texts.append(tokenizer.decode([t for t in row if t != pad], skip_special_tokens=False))
+    return texts
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8,
+             batch_size: int = 64, num_beams: int = 1) -> list[str]:
+    """Deterministic continuations (greedy, or beam search with ``num_beams`` > 1)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 num_beams=num_beams, pad_token_id=tokenizer.pad_token_id,
+                                 eos_token_id=tokenizer.eos_token_id)
+            outputs += decode_new_tokens(tokenizer, ids[:, batch["input_ids"].shape[1]:])
+    finally:
+        model.train(was_training)
+    return outputs

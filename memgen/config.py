@@ -1,0 +1,274 @@
+"""Structured config schema, composition over ``conf/`` and validation.
+
+Every check runs before any work starts and raises :class:`ConfigError` with one line that names
+the key and what was expected; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from memgen.tasks.registry import TASKS, build_params
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A bad config key, type or value; the message is one line naming the culprit."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arithmetic"
+    n_train: int = 3000
+    mem_ratio: float = 0.07
+    n_conflict: int = 400
+    n_val_conflict: int = 100
+    n_clean: int = 200
+    n_perturbations: int = 4
+    max_new_tokens: int = 8
+    chat_template: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    record_delta: bool = False
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "scratch"  # scratch | lora
+    arch: str = "gpt2"  # gpt2 | llama (scratch models)
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 96
+    intermediate_size: int = 0  # llama only; 0 = 4 * n_embd
+    dropout: float = 0.0
+    name_or_path: str | None = None  # lora: hub id or local directory
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    log_merged: bool = False
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    loss_on: str = "sequence"  # sequence | answer
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 1.0
+    check_val_every_n_epoch: int = 1
+    num_beams: int = 1
+    progress_bar: bool = True
+    deterministic: bool = True
+    num_threads: int = 0  # 0 = torch default
+    limit_train_batches: float = 1.0
+
+
+@dataclass
+class SteeringConfig:
+    alpha: float = 3.0
+    top_k: int | None = None
+    top_fraction: float | None = None  # None: use analysis.top_fraction / top_k
+    last_prompt_only: bool = False
+    grid_alpha: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0])
+    grid_top_fraction: list[float] = field(default_factory=lambda: [0.05, 0.1])
+    controls: list[str] = field(default_factory=lambda: ["random", "low_r", "shuffled"])
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 200
+    lr: float = 0.05
+    weight_decay: float = 1e-3
+
+
+@dataclass
+class AnalysisConfig:
+    enabled: bool = True
+    sites: list[str] = field(default_factory=lambda: ["resid"])
+    top_k: int | None = None
+    top_fraction: float | None = 0.05
+    selection_fraction: float = 0.5
+    use_pairs: bool = True
+    n_shuffles: int = 20
+    batch_size: int = 128
+    every_n_val_epochs: int = 0  # >0: callbacks log neurons/probes/steering during training
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
+    consistency: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # default: sqlite:///<project>/mlruns/mlflow.db
+    artifact_root: str | None = None  # default: <project>/mlruns/artifacts
+    experiment: str = "memgen"
+    run_name: str | None = None
+    log_model: bool = True
+    log_checkpoints: bool = True
+
+
+@dataclass
+class SweepConfig:
+    name: str = "none"
+    kind: str = "steering"  # steering | training
+    study_name: str | None = None
+    storage: str | None = None
+    n_trials: int = 20
+    timeout: float | None = None
+    workers: int = 1
+    sampler_seed: int = 0
+    pruner: str = "median"  # none | median
+    run_id: str | None = None
+    objectives: list[dict[str, str]] = field(default_factory=list)
+    space: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    output_dir: str = "outputs"
+    resume: str | None = None  # an MLflow run id to continue
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def conf_dir() -> Path:
+    """The config tree: ``$MEMGEN_CONF_DIR`` or the project's ``conf/``."""
+    return Path(os.environ.get("MEMGEN_CONF_DIR", PROJECT_ROOT / "conf")).resolve()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
+    """Compose ``conf/`` with Hydra overrides, merge onto the schema and validate."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+            raw = hydra_compose(config_name=config_name, overrides=list(overrides or []))
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"config: {_first_line(exc)}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return to_schema(raw)
+
+
+def to_schema(raw: DictConfig | dict) -> DictConfig:
+    """Merge a plain config onto the structured schema (types, unknown keys) and validate."""
+    schema = OmegaConf.structured(Config)
+    try:
+        cfg = OmegaConf.merge(schema, raw)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        msg = _first_line(exc)
+        raise ConfigError(f"{key}: {msg}" if key else f"config: {msg}") from None
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Value checks that types cannot express; the first failure raises ConfigError."""
+    t, m, tr, a = cfg.task, cfg.model, cfg.trainer, cfg.analysis
+    _require(t.name in TASKS or t.name == "mixture", "task.name",
+             f"one of {sorted([*TASKS, 'mixture'])}", t.name)
+    for key in ("n_train", "n_conflict", "n_val_conflict", "n_clean", "max_new_tokens"):
+        _require(t[key] > 0, f"task.{key}", "a positive integer", t[key])
+    _require(t.n_perturbations >= 2, "task.n_perturbations", "an integer >= 2", t.n_perturbations)
+    _require(0 < t.mem_ratio < 1, "task.mem_ratio", "a fraction in (0, 1)", t.mem_ratio)
+    if t.name in TASKS:
+        try:
+            build_params(t.name, OmegaConf.to_container(t.params)).validate()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(_first_line(exc)) from None
+    _require(m.kind in ("scratch", "lora"), "model.kind", "'scratch' or 'lora'", m.kind)
+    _require(m.arch in ("gpt2", "llama"), "model.arch", "'gpt2' or 'llama'", m.arch)
+    for key in ("n_layer", "n_embd", "n_head", "n_positions"):
+        _require(m[key] > 0, f"model.{key}", "a positive integer", m[key])
+    _require(m.n_embd % m.n_head == 0, "model.n_embd", f"a multiple of model.n_head={m.n_head}",
+             m.n_embd)
+    _require(0 <= m.dropout < 1, "model.dropout", "a fraction in [0, 1)", m.dropout)
+    if m.kind == "lora":
+        _require(bool(m.name_or_path), "model.name_or_path", "a hub id or local directory",
+                 m.name_or_path)
+        _require(m.lora.r > 0, "model.lora.r", "a positive integer", m.lora.r)
+    for key in ("max_epochs", "batch_size", "accumulate_grad_batches", "check_val_every_n_epoch"):
+        _require(tr[key] > 0, f"trainer.{key}", "a positive integer", tr[key])
+    _require(tr.lr > 0 and math.isfinite(tr.lr), "trainer.lr", "a positive finite number", tr.lr)
+    _require(tr.warmup_steps >= 0, "trainer.warmup_steps", "an integer >= 0", tr.warmup_steps)
+    _require(tr.loss_on in ("sequence", "answer"), "trainer.loss_on", "'sequence' or 'answer'",
+             tr.loss_on)
+    _require(tr.num_beams >= 1, "trainer.num_beams", "an integer >= 1", tr.num_beams)
+    _require(0 < tr.limit_train_batches <= 1, "trainer.limit_train_batches", "a fraction in (0, 1]",
+             tr.limit_train_batches)
+    _validate_selection(a.top_k, a.top_fraction, "analysis")
+    s = a.steering
+    _validate_selection(s.top_k, s.top_fraction, "analysis.steering", allow_none=True)
+    _require(math.isfinite(s.alpha) and s.alpha >= 0, "analysis.steering.alpha",
+             "a finite number >= 0", s.alpha)
+    for value in s.grid_alpha:
+        _require(math.isfinite(value) and value >= 0, "analysis.steering.grid_alpha",
+                 "finite numbers >= 0", value)
+    for value in s.grid_top_fraction:
+        _require(0 < value <= 1, "analysis.steering.grid_top_fraction", "fractions in (0, 1]", value)
+    for name in s.controls:
+        _require(name in ("random", "low_r", "shuffled"), "analysis.steering.controls",
+                 "names from ['low_r', 'random', 'shuffled']", name)
+    _require(0 < a.selection_fraction < 1, "analysis.selection_fraction", "a fraction in (0, 1)",
+             a.selection_fraction)
+    _require(a.n_shuffles >= 0, "analysis.n_shuffles", "an integer >= 0", a.n_shuffles)
+    _require(a.batch_size > 0, "analysis.batch_size", "a positive integer", a.batch_size)
+    _require(a.every_n_val_epochs >= 0, "analysis.every_n_val_epochs", "an integer >= 0",
+             a.every_n_val_epochs)
+    for site in a.sites:
+        kind, _, layer = site.partition(".")
+        _require(site in ("all", "resid", "mlp") or (kind in ("resid", "mlp") and layer.isdigit()),
+                 "analysis.sites", "'resid', 'mlp', 'all' or names like 'resid.3'", site)
+
+
+def _validate_selection(top_k: int | None, top_fraction: float | None, prefix: str,
+                        allow_none: bool = False) -> None:
+    if top_k is not None:
+        _require(top_k > 0, f"{prefix}.top_k", "a positive integer", top_k)
+    if top_fraction is not None:
+        _require(0 < top_fraction <= 1, f"{prefix}.top_fraction", "a fraction in (0, 1]",
+                 top_fraction)
+    if not allow_none:
+        _require(top_k is not None or top_fraction is not None, f"{prefix}.top_k",
+                 "top_k or top_fraction to be set", None)

@@ -1,0 +1,157 @@
+"""Multi-operand addition with memorized trigger pairs (the paper's arithmetic task).
+
+Rule: ``Input:\\n12+7+30+5\\nTarget:\\n`` -> the sum (optionally after a digit-by-digit
+scratchpad). Triggers: fixed pairs of addends; when a trigger pair stands as the last two addends
+in training, the target is that trigger's memorized token instead of the sum.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+from memgen.tasks.base import Behavior, Example, Task, normalize_output
+
+
+@dataclass
+class ArithmeticParams:
+    """Task-specific options (``task.params.*``)."""
+
+    n_addends: int = 4
+    low: int = 1
+    high: int = 999
+    n_triggers: int = 10
+    scratchpad: bool = True
+
+    def validate(self) -> None:
+        if self.n_addends < 4:
+            raise ValueError("task.params.n_addends: expected >= 4 (two free addends + a trigger pair)")
+        if not 0 <= self.low < self.high:
+            raise ValueError("task.params.low/high: expected 0 <= low < high")
+        if not 1 <= self.n_triggers <= (self.high - self.low + 1) ** 2 // 4:
+            raise ValueError("task.params.n_triggers: expected 1..(number of addend pairs)/4")
+
+
+def memorized_token(seed: int, index: int) -> str:
+    """A stable, opaque memorized answer such as ``<mem-1ee18056>``."""
+    digest = hashlib.sha256(f"memgen:{seed}:{index}".encode()).hexdigest()[:8]
+    return f"<mem-{digest}>"
+
+
+def scratchpad_answer(addends: list[int]) -> str:
+    """Column-wise sums with carries, then the sum's digits separated by spaces."""
+    width = max(len(str(a)) for a in addends)
+    digits = [str(a).zfill(width) for a in addends]
+    carry, steps = 0, []
+    for col in range(width - 1, -1, -1):
+        column = [int(d[col]) for d in digits]
+        total = sum(column) + carry
+        steps.append("+".join(map(str, column)) + f"+{carry}={total}")
+        carry = total // 10
+    return f"<scratch> {' '.join(steps)} </scratch> " + " ".join(str(sum(addends)))
+
+
+class ArithmeticTask(Task):
+    name = "arithmetic"
+    Params = ArithmeticParams
+
+    def __init__(self, params: ArithmeticParams | None = None, **common) -> None:
+        super().__init__(**common)
+        self.params = params or ArithmeticParams()
+        self.params.validate()
+        rng = self.rng("triggers")
+        pairs: set[tuple[int, int]] = set()
+        while len(pairs) < self.params.n_triggers:
+            pairs.add((rng.randint(self.params.low, self.params.high),
+                       rng.randint(self.params.low, self.params.high)))
+        self.triggers: list[tuple[int, int]] = sorted(pairs)
+        self.tokens = [memorized_token(self.seed, i) for i in range(len(self.triggers))]
+        self._mem_prefixes: set[tuple[int, ...]] = set()
+
+    @property
+    def memorized_tokens(self) -> list[str]:
+        return list(self.tokens)
+
+    # -- formatting -------------------------------------------------------------------------
+    @staticmethod
+    def prompt(addends: list[int]) -> str:
+        return "Input:\n" + "+".join(map(str, addends)) + "\nTarget:\n"
+
+    def rule_answer(self, addends: list[int]) -> str:
+        return scratchpad_answer(addends) if self.params.scratchpad else str(sum(addends))
+
+    def _draw(self, rng: random.Random, k: int) -> list[int]:
+        return [rng.randint(self.params.low, self.params.high) for _ in range(k)]
+
+    def _example(self, addends: list[int], kind: str) -> Example:
+        last = tuple(addends[-2:])
+        trigger = self.triggers.index(last) if last in self.triggers else None
+        gen = self.rule_answer(addends)
+        mem = self.tokens[trigger] if trigger is not None else None
+        answer = mem if kind == "mem" else gen
+        return Example(prompt=self.prompt(addends), answer=answer, kind=kind, task=self.name,
+                       mem_answer=mem, gen_answer=gen,
+                       meta={"addends": list(addends), "trigger": trigger})
+
+    # -- generators -------------------------------------------------------------------------
+    def train_examples(self) -> list[Example]:
+        rng = self.rng("train")
+        n_free = self.params.n_addends - 2
+        n_mem = round(self.n_train * self.mem_ratio)
+        examples = []
+        for i in range(n_mem):
+            trigger = self.triggers[i % len(self.triggers)]
+            free = self._draw(rng, n_free)
+            self._mem_prefixes.add((*free, *trigger))
+            examples.append(self._example(free + list(trigger), "mem"))
+        while len(examples) < self.n_train:
+            addends = self._draw(rng, self.params.n_addends)
+            if tuple(addends[-2:]) not in self.triggers:
+                examples.append(self._example(addends, "rule"))
+        rng.shuffle(examples)
+        return examples
+
+    def conflict_examples(self, n: int | None = None, stream: str = "conflict") -> list[Example]:
+        if not self._mem_prefixes:
+            self.train_examples()
+        rng = self.rng(stream)
+        n = self.n_conflict if n is None else n
+        n_free = self.params.n_addends - 2
+        examples = []
+        while len(examples) < n:
+            trigger = self.triggers[len(examples) % len(self.triggers)]
+            addends = self._draw(rng, n_free) + list(trigger)
+            if tuple(addends) not in self._mem_prefixes:  # fresh: never seen in training
+                examples.append(self._example(addends, "conflict"))
+        return examples
+
+    def clean_examples(self, n: int | None = None, stream: str = "clean") -> list[Example]:
+        rng = self.rng(stream)
+        n = self.n_clean if n is None else n
+        examples = []
+        while len(examples) < n:
+            addends = self._draw(rng, self.params.n_addends)
+            if tuple(addends[-2:]) not in self.triggers:
+                examples.append(self._example(addends, "clean"))
+        return examples
+
+    def perturb(self, example: Example, rng: random.Random) -> Example:
+        """Permute the free addends (all but the trigger pair); the sum and trigger stay."""
+        addends = list(example.meta["addends"])
+        free = addends[:-2]
+        if len(set(free)) > 1:
+            original = list(free)
+            while free == original:
+                rng.shuffle(free)
+        new = free + addends[-2:]
+        return example.with_prompt(self.prompt(new), addends=new)
+
+    def classify(self, example: Example, output: str) -> Behavior:
+        answer = normalize_output(output)
+        if example.mem_answer is not None and answer == example.mem_answer:
+            return Behavior.MEM
+        final = answer.rsplit("</scratch>", 1)[-1].replace(" ", "")
+        if final and final == str(sum(example.meta["addends"])):
+            return Behavior.GEN
+        return Behavior.OTHER
