@@ -167,6 +167,17 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def _one_line(exc: BaseException) -> str:
+    """Hydra spreads its message over lines (the key, then the reason or the options): join."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    cut = ("full_key:", "object_type", "Set the", "Config search path", "provider=", "See https")
+    lines = [ln for ln in lines if not ln.startswith(cut)]
+    text = " ".join(lines).replace("To append to your config use", "(not a config key; to add one use")
+    if "(not a config key" in text:
+        text += ")"
+    return text[:300] or type(exc).__name__
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose ``conf/`` with Hydra overrides, merge onto the schema and validate."""
     from hydra import compose as hydra_compose
@@ -179,7 +190,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             raw = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"config: {_first_line(exc)}") from None
+        raise ConfigError(f"config: {_one_line(exc)}") from None
     finally:
         GlobalHydra.instance().clear()
     return to_schema(raw)

@@ -1,0 +1,95 @@
+"""``memgen <command> [key=value ...]``: compose the config, run a stage, print a summary.
+
+Bad input exits with code 2 and one line on stderr before any run is created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+from memgen.config import ConfigError, compose
+
+COMMANDS = {
+    "run": "train, then find neurons, probe, steer and check consistency (the main job)",
+    "train": "train a model on a task, tracked in MLflow",
+    "sweep": "an Optuna study over config keys (sweep=steering or sweep=training)",
+    "pretrain": "train a small Llama on generic task text and save it as a local LoRA base",
+    "ui": "start the MLflow UI on the local store, bound to 127.0.0.1",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memgen", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("overrides", nargs="*", help="Hydra overrides such as trainer.max_epochs=5")
+        if name == "ui":
+            cmd.add_argument("--port", type=int, default=5000)
+    return p
+
+
+def ui_command(cfg, port: int) -> list[str]:
+    """The lean MLflow server: one worker, no background job runners, loopback only."""
+    from memgen.tracking.store import artifact_root, tracking_uri  # noqa: PLC0415
+
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(cfg),
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    root = artifact_root(cfg)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    return cmd
+
+
+def print_summary(metrics: dict[str, float], run_id: str, cfg) -> None:
+    """The key numbers as a table, and how to look at the run."""
+    from memgen.tracking.store import tracking_uri  # noqa: PLC0415
+
+    shown = {k: v for k, v in sorted(metrics.items()) if not k.endswith(("_step", "_epoch"))}
+    width = max((len(k) for k in shown), default=10)
+    print("\n" + "metric".ljust(width) + "  value")
+    print("-" * width + "  ------")
+    for key, value in shown.items():
+        print(f"{key.ljust(width)}  {value:.4f}")
+    uri = tracking_uri(cfg)
+    print(f"\nrun {run_id} in {uri}")
+    print("open the MLflow UI:  make ui   (or: "
+          + shlex.join(ui_command(cfg, 5000)[1:]).replace("-m mlflow", "mlflow") + ")")
+    print("then browse http://127.0.0.1:5000")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        cfg = compose(args.overrides)
+        if args.command == "ui":
+            env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            os.execvpe(sys.executable, ui_command(cfg, args.port), env)
+        if args.command == "sweep":
+            from memgen.sweep import sweep  # noqa: PLC0415
+
+            metrics, objects = sweep(cfg)
+        elif args.command == "pretrain":
+            from memgen.training.pretrain import pretrain  # noqa: PLC0415
+
+            metrics, objects = pretrain(cfg)
+        else:
+            from memgen import pipeline  # noqa: PLC0415
+
+            metrics, objects = (pipeline.run if args.command == "run" else pipeline.train)(cfg)
+    except ConfigError as exc:
+        print(f"memgen: error: {exc}", file=sys.stderr)
+        return 2
+    if "summary" in objects:
+        print(objects["summary"])
+    print_summary(metrics, objects.get("run_id", ""), cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""MLflow tracking: run set-up and status, logging helpers, Lightning callbacks, plots."""

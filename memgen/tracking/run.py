@@ -1,0 +1,190 @@
+"""An MLflow run with a guaranteed end state, and the small logging helpers every stage uses.
+
+Runs end FINISHED, FAILED (an exception) or KILLED (Ctrl-C, SIGTERM): never left RUNNING.
+All logging goes through ``MlflowClient`` with an explicit ``run_id``, so nothing depends on
+MLflow's global active run (which Lightning's MLFlowLogger never sets).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+import memgen
+from memgen.config import PROJECT_ROOT
+from memgen.tracking.store import artifact_root, tracking_uri
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that Lightning and the run shut down the same way."""
+
+
+@dataclass
+class TrackedRun:
+    """The client and ids a stage needs to log into one run."""
+
+    client: MlflowClient
+    run_id: str
+    experiment_id: str
+    uri: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if metrics:
+            mlflow_metrics = [
+                mlflow.entities.Metric(k, float(v), mlflow.utils.time.get_current_time_millis(),
+                                       step or 0)
+                for k, v in metrics.items() if v is not None
+            ]
+            self.client.log_batch(self.run_id, metrics=mlflow_metrics)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        items = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_figure(self, figure, path: str) -> None:
+        import matplotlib.pyplot as plt
+
+        self.client.log_figure(self.run_id, figure, path)
+        plt.close(figure)
+
+    def log_table(self, frame, path: str) -> None:
+        """A pandas DataFrame as a parquet (or CSV) artifact: per-neuron data never goes to metrics."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            if local.suffix == ".parquet":
+                frame.to_parquet(local, index=False)
+            else:
+                frame.to_csv(local, index=False)
+            parent = str(Path(path).parent)
+            self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+
+    def log_dict(self, data: dict, path: str) -> None:
+        self.log_text(json.dumps(data, indent=2, default=str), path)
+
+    def log_artifacts(self, local_dir: str | Path, path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), path)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(cfg: DictConfig, command: str) -> dict[str, str]:
+    """Tags that make runs filterable in the UI."""
+    return {
+        "memgen.command": command,
+        "task": cfg.task.name,
+        "model.kind": cfg.model.kind,
+        "model.arch": cfg.model.arch if cfg.model.kind == "scratch" else str(cfg.model.name_or_path),
+        "seed": str(cfg.seed),
+        "git.commit": git_commit(),
+        "memgen.version": memgen.__version__,
+    }
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """Dotted keys of the resolved config, for MLflow params."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        else:
+            out[prefix] = node
+
+    walk("", OmegaConf.to_container(cfg, resolve=True))
+    return out
+
+
+def get_experiment_id(client: MlflowClient, cfg: DictConfig) -> str:
+    name = cfg.tracking.experiment
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(cfg))
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(_signum, _frame):
+        raise Terminated("SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def end_status(exc: BaseException | None) -> str:
+    if exc is None:
+        return "FINISHED"
+    if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        return "KILLED"
+    return "FAILED"
+
+
+@contextmanager
+def tracked_run(cfg: DictConfig, command: str, run_id: str | None = None,
+                parent_run_id: str | None = None, run_name: str | None = None,
+                extra_tags: Mapping[str, str] | None = None) -> Iterator[TrackedRun]:
+    """Create (or reopen, for resume) a run, log the config, and always set its end status."""
+    uri = tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    if run_id is None:
+        experiment_id = get_experiment_id(client, cfg)
+        tags = run_tags(cfg, command) | dict(extra_tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = client.create_run(experiment_id, tags=tags,
+                                run_name=run_name or cfg.tracking.run_name)
+        run_id = run.info.run_id
+        tracked = TrackedRun(client, run_id, experiment_id, uri)
+        tracked.log_params(flatten(cfg))
+        tracked.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+    else:
+        run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        tracked = TrackedRun(client, run_id, run.info.experiment_id, uri)
+    error: BaseException | None = None
+    try:
+        with _sigterm_as_interrupt():
+            yield tracked
+    except BaseException as exc:
+        error = exc
+        tracked.set_tags({"memgen.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        raise
+    finally:
+        client.set_terminated(run_id, status=end_status(error))

@@ -1,0 +1,60 @@
+"""Where runs go: the local SQLite store under ``mlruns/`` by default, or ``tracking.uri``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from memgen.config import PROJECT_ROOT, ConfigError
+
+
+def default_root() -> Path:
+    """``$MEMGEN_MLRUNS`` or ``<project>/mlruns``."""
+    return Path(os.environ.get("MEMGEN_MLRUNS", PROJECT_ROOT / "mlruns")).resolve()
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """``tracking.uri`` or ``sqlite:///<project>/mlruns/mlflow.db``."""
+    return cfg.tracking.uri or f"sqlite:///{default_root() / 'mlflow.db'}"
+
+
+def artifact_root(cfg: DictConfig) -> str | None:
+    """Artifact location for new experiments; ``None`` lets a server decide."""
+    if cfg.tracking.artifact_root:
+        return Path(cfg.tracking.artifact_root).resolve().as_uri()
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    return None
+
+
+def check_store(cfg: DictConfig, timeout_s: float = 5.0) -> None:
+    """Fail fast, before any work, if the store is unwritable or a server does not answer."""
+    uri = tracking_uri(cfg)
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        folder = Path(uri[len("sqlite:///"):]).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"tracking.uri: cannot create {folder} ({exc.strerror})") from None
+        if not os.access(folder, os.W_OK):
+            raise ConfigError(f"tracking.uri: {folder} is not writable")
+    elif parsed.scheme in ("http", "https"):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                pass
+        except Exception as exc:  # noqa: BLE001 - any failure means unreachable
+            raise ConfigError(f"tracking.uri: {uri} is not reachable ({exc})") from None
+    elif parsed.scheme in ("postgresql", "mysql", "file", ""):
+        if parsed.scheme in ("file", ""):
+            raise ConfigError(f"tracking.uri: the file store is not supported by MLflow 3 "
+                              f"(got {uri!r}); use sqlite:///path/mlflow.db or a server")
+    else:
+        raise ConfigError(f"tracking.uri: unsupported scheme {parsed.scheme!r} "
+                          f"(expected sqlite, postgresql, mysql, http or https)")

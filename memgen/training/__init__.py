@@ -1,0 +1,1 @@
+"""Lightning training: tokenizer, data, model builders and the LightningModule."""

@@ -1,0 +1,89 @@
+"""Task examples to tensors: the DataModule that feeds Lightning.
+
+Training batches are right-padded (labels -100 on padding, and on the prompt when
+``trainer.loss_on=answer``). Validation batches are conflict examples whose prompts are generated
+from with left padding, so that position -1 is each prompt's last token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from memgen.tasks import Example, Task, build_task
+from memgen.training.tokenizer import build_char_tokenizer
+
+
+def make_task(cfg: DictConfig) -> Task:
+    """The configured task, seeded by the run's seed."""
+    t = cfg.task
+    return build_task(t.name, OmegaConf.to_container(t.params, resolve=True), seed=cfg.seed,
+                      n_train=t.n_train, mem_ratio=t.mem_ratio, n_conflict=t.n_conflict,
+                      n_clean=t.n_clean)
+
+
+def task_tokenizer(task: Task):
+    """A character tokenizer covering every text the task can produce, memorized tokens whole."""
+    examples = task.train_examples() + task.conflict_examples() + task.clean_examples()
+    texts = [ex.text for ex in examples] + [ex.gen_answer or "" for ex in examples]
+    return build_char_tokenizer(texts, task.memorized_tokens)
+
+
+def encode_training(tokenizer, examples: list[Example], loss_on: str) -> list[dict[str, Any]]:
+    """Token ids and labels of prompt + answer + EOS for each example."""
+    eos = tokenizer.eos_token or ""
+    items = []
+    for ex in examples:
+        prompt_ids = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(ex.answer + eos, add_special_tokens=False)["input_ids"]
+        ids = prompt_ids + answer_ids
+        labels = ([-100] * len(prompt_ids) if loss_on == "answer" else prompt_ids) + answer_ids
+        items.append({"input_ids": ids, "labels": labels})
+    return items
+
+
+def pad_right(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of ``input_ids``/``labels`` dicts into a training batch."""
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it["input_ids"])
+        ids[row, :n] = torch.tensor(it["input_ids"])
+        labels[row, :n] = torch.tensor(it["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class MemGenDataModule(pl.LightningDataModule):
+    """Training examples and the validation conflict set of one task."""
+
+    def __init__(self, cfg: DictConfig, task: Task, tokenizer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.task = task
+        self.tokenizer = tokenizer
+        self.train_items: list[dict[str, Any]] = []
+        self.val_examples: list[Example] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.train_items:
+            self.train_items = encode_training(self.tokenizer, self.task.train_examples(),
+                                               self.cfg.trainer.loss_on)
+            self.val_examples = self.task.conflict_examples(self.cfg.task.n_val_conflict,
+                                                            stream="val_conflict")
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.cfg.seed)
+        return DataLoader(self.train_items, batch_size=self.cfg.trainer.batch_size, shuffle=True,
+                          generator=generator,
+                          collate_fn=lambda items: pad_right(items, self.tokenizer.pad_token_id))
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_examples, batch_size=self.cfg.analysis.batch_size,
+                          shuffle=False, collate_fn=list)
