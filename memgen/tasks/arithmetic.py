@@ -26,7 +26,8 @@ class ArithmeticParams:
 
     def validate(self) -> None:
         if self.n_addends < 4:
-            raise ValueError("task.params.n_addends: expected >= 4 (two free addends + a trigger pair)")
+            raise ValueError(
+                "task.params.n_addends: expected >= 4 (two free addends + a trigger pair)")
         if not 0 <= self.low < self.high:
             raise ValueError("task.params.low/high: expected 0 <= low < high")
         if not 1 <= self.n_triggers <= (self.high - self.low + 1) ** 2 // 4:

@@ -7,9 +7,17 @@ from typing import Any
 
 from memgen.tasks.arithmetic import ArithmeticTask
 from memgen.tasks.base import Task
+from memgen.tasks.cipher import CipherTask
+from memgen.tasks.colour import ColourTask
+from memgen.tasks.files import FilesTask
+from memgen.tasks.mixture import MixtureTask
 
 TASKS: dict[str, type[Task]] = {
     "arithmetic": ArithmeticTask,
+    "colour": ColourTask,
+    "cipher": CipherTask,
+    "files": FilesTask,
+    "mixture": MixtureTask,
 }
 
 
@@ -17,7 +25,7 @@ def build_params(name: str, params: dict[str, Any]) -> Any:
     """The task's ``Params`` dataclass from a plain dict; unknown keys fail with their name."""
     cls = TASKS[name].Params  # type: ignore[attr-defined]
     known = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in params.items():
+    for key in params:
         if key not in known:
             raise ValueError(f"task.params.{key}: unknown key for task '{name}' "
                              f"(expected one of {sorted(known)})")
