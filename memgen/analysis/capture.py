@@ -1,0 +1,128 @@
+"""Read neuron activations at the last prompt token, batched and left-padded.
+
+The paper reads every neuron at the last prompt token. Under left padding that token sits at
+position -1 of every row, so one forward pass per batch gives all of them. Capture hooks copy
+only ``h[:, -1]`` (a float32 CPU tensor [B, D]) so the full [B, T, D] activation is never kept,
+and they are always removed, also on error. ``iter_feature_batches`` registers hooks per batch
+and holds none while the consumer runs, so abandoning the generator leaves the model clean.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from memgen.analysis import generation
+from memgen.analysis.sites import hook_site, resolve_sites, site_width, unwrap
+
+SiteSpec = str | Sequence[str]
+
+
+class LastTokenRecorder(Mapping[str, torch.Tensor]):
+    """Activations at position -1, one chunk per forward pass and site.
+
+    ``recorder[site]`` concatenates the passes recorded so far ([sum of B, D]); during
+    generation with a KV cache every decoding step is one pass. Only sites with at least one
+    recorded pass are keys.
+    """
+
+    def __init__(self, sites: Sequence[str]) -> None:
+        self.sites = list(sites)
+        self._chunks: dict[str, list[torch.Tensor]] = {site: [] for site in self.sites}
+
+    def record(self, site: str, h: torch.Tensor) -> None:
+        """Copy the last position; ``copy=True`` so the full activation can be freed."""
+        self._chunks[site].append(h[:, -1].detach().to("cpu", torch.float32, copy=True))
+
+    def passes(self, site: str) -> list[torch.Tensor]:
+        """The recorded [B, D] chunks of one site, one per forward pass."""
+        return list(self._chunks[site])
+
+    def clear(self) -> None:
+        for chunks in self._chunks.values():
+            chunks.clear()
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        chunks = self._chunks.get(site)
+        if not chunks:
+            raise KeyError(f"site '{site}': nothing recorded (not captured or no forward pass)")
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+    def __iter__(self) -> Iterator[str]:
+        return (site for site in self.sites if self._chunks[site])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+@contextmanager
+def capture_last_token(model: nn.Module, sites: SiteSpec) -> Iterator[LastTokenRecorder]:
+    """Record ``h[:, -1]`` at each site on every forward pass while the block runs."""
+    names = resolve_sites(model, sites)
+    recorder = LastTokenRecorder(names)
+    handles = []
+    try:
+        for site in names:
+            handles.append(hook_site(model, site, lambda h, s=site: recorder.record(s, h)))
+        yield recorder
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _accepts(model: nn.Module, name: str) -> bool:
+    try:
+        return name in inspect.signature(unwrap(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keyword arguments of one capture forward pass on a left-padded batch.
+
+    Position ids follow the attention mask exactly as ``generate`` computes them, so a padded
+    prompt is read at the same positions as when it is generated from (and as unpadded).
+    Only the last position's logits are computed when the model allows it: capture needs none,
+    and a large vocabulary times the full sequence is the biggest tensor of the pass.
+    """
+    mask = batch["attention_mask"]
+    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    kwargs = {**batch, "position_ids": position_ids, "use_cache": False}
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    return kwargs
+
+
+def iter_feature_batches(model: nn.Module, tokenizer, prompts: Sequence[str], sites: SiteSpec,
+                         batch_size: int = 128) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield ``{site: [B, D]}`` per batch of prompts, in order, for streaming statistics."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+    names = resolve_sites(model, sites)
+    device = next(model.parameters()).device
+    for start in range(0, len(prompts), batch_size):
+        batch = generation.encode_prompts(tokenizer, prompts[start:start + batch_size], device)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), capture_last_token(model, names) as recorder:
+                model(**forward_inputs(model, batch))
+        finally:
+            model.train(was_training)
+        yield {site: recorder[site] for site in names}
+
+
+def collect_features(model: nn.Module, tokenizer, prompts: Sequence[str], sites: SiteSpec,
+                     batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """``{site: [N, D]}`` float32 CPU activations at the last prompt token of every prompt."""
+    names = resolve_sites(model, sites)
+    chunks: dict[str, list[torch.Tensor]] = {site: [] for site in names}
+    for features in iter_feature_batches(model, tokenizer, prompts, names, batch_size):
+        for site, x in features.items():
+            chunks[site].append(x)
+    return {site: torch.cat(parts) if parts else torch.zeros(0, site_width(model, site))
+            for site, parts in chunks.items()}

@@ -1,0 +1,58 @@
+"""Tiny models and a character tokenizer for analysis tests: built in memory, no downloads."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+SPECIALS = ["<pad>", "<eos>", "<unk>"]
+CHARS = list("0123456789+:\n Inputarge")  # enough for arithmetic prompts
+N_LAYERS = 2
+WIDTH = 32
+
+PROMPTS = ["Input:\n1+2\nTarget:\n", "12+7", "9", "Input:\n532+499+155+85\nTarget:\n",
+           "3+4+5", "unit", "7\n8", "Input:\n99+1\n"]
+
+
+def char_tokenizer(extra_tokens: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """One token per character, plus whole-token ``extra_tokens`` (memorized answers)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+                                  eos_token="<eos>", unk_token="<unk>")
+    if extra_tokens:
+        tok.add_tokens(extra_tokens)
+    return tok
+
+
+def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=WIDTH, n_layer=N_LAYERS,
+                        n_head=2, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=48,
+                         num_hidden_layers=N_LAYERS, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=64, bos_token_id=1, eos_token_id=1,
+                         pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Forward hooks and pre-hooks registered on any submodule."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
