@@ -1,0 +1,106 @@
+"""Steered generation: batched against batch 1, and steered against unsteered.
+
+A random GPT-2 (4 layers, width 128, a ~44-token character vocabulary) continues 128 arithmetic
+prompts by 8 tokens (``min_new_tokens`` = 8, so every run does the same work whatever the
+steering does to EOS). The selection is 5% of the residual-stream neurons at every ``resid``
+site. Timings interleave the sides and keep each side's best of ``REPEATS`` to damp the noise of
+a shared machine. Targets: batch 64 at least 10x the throughput of batch 1; steering costs at
+most 10% of the unsteered throughput at the same batch.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from memgen.analysis.generation import generate
+from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.sites import list_sites
+from memgen.analysis.steering import steer
+
+N_PROMPTS, NEW_TOKENS, BATCH, REPEATS, FRACTION = 128, 8, 64, 3, 0.05
+
+
+def _setup(device: str):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = list("0123456789+:\n abcdefghijklmnopqrstuvwxyzIT")
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *chars])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+                                        eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=128, n_layer=4,
+                        n_head=4, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    model = GPT2LMHeadModel(config).eval().to(device)
+    model.generation_config.min_new_tokens = NEW_TOKENS
+    rng = random.Random(0)
+    prompts = ["Input:\n" + "+".join(str(rng.randint(1, 999)) for _ in range(rng.randint(2, 6)))
+               + "\nTarget:\n" for _ in range(N_PROMPTS)]
+    sites = list_sites(model, ("resid",))
+    width = config.n_embd
+    gen = torch.Generator().manual_seed(0)
+    flat = torch.randperm(len(sites) * width, generator=gen)[:round(FRACTION * len(sites) * width)]
+    selection = NeuronSelection(sites=[sites[i] for i in (flat // width).tolist()],
+                                indices=flat % width, nmd=torch.randn(flat.numel(), generator=gen),
+                                r=torch.zeros(flat.numel()))
+    return model, tokenizer, prompts, selection
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run(device: str | None = None) -> list[dict]:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer, prompts, selection = _setup(device)
+
+    def sides(batch: int, steered: bool):
+        def fn():
+            if not steered:
+                return generate(model, tokenizer, prompts, NEW_TOKENS, batch)
+            with steer(model, selection, 3.0, "to_gen"):
+                return generate(model, tokenizer, prompts, NEW_TOKENS, batch)
+        return fn
+
+    runs = {"steered_b64": sides(BATCH, True), "plain_b64": sides(BATCH, False),
+            "steered_b1": sides(1, True)}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(REPEATS):
+        for name, fn in runs.items():
+            times[name].append(_timed(fn))
+    rate = {name: N_PROMPTS * NEW_TOKENS / min(t) for name, t in times.items()}
+    row = {"benchmark": "steering", "unit": "new tokens/s", "target": ""}
+    where = f"{device}, {len(selection)} neurons, {N_PROMPTS} prompts x {NEW_TOKENS} tokens"
+    return [
+        {**row, "measure": f"steered_generation_throughput batch {BATCH} ({where})",
+         "value": round(rate["steered_b64"], 1)},
+        {**row, "measure": f"plain_generation_throughput batch {BATCH}",
+         "value": round(rate["plain_b64"], 1)},
+        {**row, "measure": "steered_generation_throughput batch 1",
+         "value": round(rate["steered_b1"], 1)},
+        {"benchmark": "steering", "measure": f"throughput_ratio (steered batch {BATCH} / "
+         "steered batch 1)", "value": round(rate["steered_b64"] / rate["steered_b1"], 2),
+         "unit": "ratio", "target": ">= 10"},
+        {"benchmark": "steering", "measure": f"throughput_ratio (steered / plain, batch {BATCH})",
+         "value": round(rate["steered_b64"] / rate["plain_b64"], 3), "unit": "ratio",
+         "target": ">= 0.9"},
+    ]
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # tiny model: extra threads only spin on a shared CPU
+    for r in run():
+        print(r)

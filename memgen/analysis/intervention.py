@@ -1,0 +1,354 @@
+"""Does steering flip behaviour, more than controls do, and at what cost on clean inputs?
+
+- ``evaluate_steering``: items the unsteered model answered MEM are steered toward GEN, items it
+  answered GEN toward MEM. Per direction: a transition table (to_target / unchanged / other),
+  success = to_target / n with a 95% Wilson interval; the same for every control selection.
+- ``side_effects``: rule accuracy on clean (no-trigger) inputs with and without steering, and
+  the mean KL(unsteered || steered) of the next-token distribution at the last prompt token.
+- ``steering_grid``: both over lists of k (top-k or top fraction) and alpha, as a DataFrame.
+- ``summary_metrics``: flat ``stage/name`` metrics for MLflow.
+
+All rates and accuracies are fractions in [0, 1]; ``clean_acc_drop`` = clean_acc -
+clean_acc_steered, also a fraction (0.05 = five percentage points lost).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from statistics import NormalDist
+
+import pandas as pd
+import torch
+from torch import nn
+
+from memgen.analysis.controls import CONTROL_NAMES, build_controls
+from memgen.analysis.generation import encode_prompts, generate
+from memgen.analysis.neurons import NeuronSelection, SiteStats
+from memgen.analysis.sites import site_width
+from memgen.analysis.stats import select_neurons
+from memgen.analysis.steering import DIRECTIONS, plan_shifts, steer
+from memgen.tasks.base import Behavior, Example, Task
+
+SOURCE = {"to_gen": Behavior.MEM, "to_mem": Behavior.GEN}  # who is steered in each direction
+TARGET = {"to_gen": Behavior.GEN, "to_mem": Behavior.MEM}
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (nan, nan) when n == 0."""
+    if n == 0:
+        return math.nan, math.nan
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+@dataclass(frozen=True)
+class Transitions:
+    """What became of the n items of one source behaviour steered in one direction."""
+
+    direction: str
+    n: int
+    to_target: int
+    unchanged: int
+    other: int
+
+    @property
+    def success(self) -> float:
+        return self.to_target / self.n if self.n else math.nan
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson_interval(self.to_target, self.n)
+
+
+@dataclass(frozen=True)
+class SideEffects:
+    """Clean-input rule accuracy with and without steering, and the next-token KL."""
+
+    direction: str
+    n: int
+    clean_acc: float
+    clean_acc_steered: float
+    kl: float
+
+    @property
+    def clean_acc_drop(self) -> float:
+        return self.clean_acc - self.clean_acc_steered
+
+
+@dataclass
+class CleanBaseline:
+    """Unsteered clean-input results, computed once and reused across alphas and k."""
+
+    acc: float
+    logprobs: torch.Tensor  # [N, V] float32 log-softmax at the last prompt token, on CPU
+
+
+@dataclass
+class SteeringResult:
+    """Transitions of the selected neurons and of each control, plus optional side effects."""
+
+    alpha: float
+    k: int
+    selected: dict[str, Transitions]
+    controls: dict[str, dict[str, Transitions]] = field(default_factory=dict)
+    side: dict[str, SideEffects] = field(default_factory=dict)
+    items: pd.DataFrame | None = None  # one row per steered item: method, direction, before, after
+
+    def table(self) -> pd.DataFrame:
+        """One row per (method, direction) with counts, success and its CI."""
+        rows = []
+        methods = {"selected": self.selected}
+        methods.update({f"control_{name}": t for name, t in self.controls.items()})
+        for method, by_direction in methods.items():
+            for direction, t in by_direction.items():
+                low, high = t.ci
+                rows.append({"method": method, "direction": direction, "n": t.n,
+                             "to_target": t.to_target, "unchanged": t.unchanged,
+                             "other": t.other, "success": t.success,
+                             "ci_low": low, "ci_high": high})
+        return pd.DataFrame(rows)
+
+
+def _behaviors(task: Task, examples: Sequence[Example], outputs: Sequence[str]) -> list[Behavior]:
+    return [task.classify(ex, out) for ex, out in zip(examples, outputs, strict=True)]
+
+
+def baseline_labels(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
+                    max_new_tokens: int = 16, batch_size: int = 64,
+                    num_beams: int = 1) -> list[Behavior]:
+    """Unsteered behaviours, decoded exactly as the steered runs are."""
+    outputs = generate(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens,
+                       batch_size, num_beams)
+    return _behaviors(task, examples, outputs)
+
+
+def _steered_behaviors(model, tokenizer, task, examples, selection, alpha, direction,
+                       max_new_tokens, batch_size, num_beams, last_prompt_only):
+    if not examples:
+        return [], []
+    with steer(model, selection, alpha, direction, last_prompt_only=last_prompt_only):
+        outputs = generate(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens,
+                           batch_size, num_beams)
+    return _behaviors(task, examples, outputs), outputs
+
+
+def _transitions(direction: str, after: Sequence[Behavior]) -> Transitions:
+    return Transitions(direction=direction, n=len(after),
+                       to_target=sum(b == TARGET[direction] for b in after),
+                       unchanged=sum(b == SOURCE[direction] for b in after),
+                       other=sum(b == Behavior.OTHER for b in after))
+
+
+def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
+                      labels: Sequence[Behavior | str] | None, selection: NeuronSelection,
+                      alpha: float, max_new_tokens: int = 16, batch_size: int = 64,
+                      controls: Mapping[str, NeuronSelection] | None = None, *,
+                      clean_examples: Sequence[Example] | None = None,
+                      baseline: CleanBaseline | None = None, num_beams: int = 1,
+                      last_prompt_only: bool = False) -> SteeringResult:
+    """Steer MEM items toward GEN and GEN items toward MEM, with the selection and each control.
+
+    ``labels`` are the unsteered behaviours (None: generate them here). With ``clean_examples``
+    the side effects of the selection are measured in both directions.
+    """
+    for sel in (selection, *(controls or {}).values()):  # fail before any generation
+        plan_shifts(model, sel, alpha, "to_gen")
+    if labels is None:
+        labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
+                                 num_beams)
+    if len(labels) != len(examples):
+        raise ValueError(f"labels: {len(labels)} labels for {len(examples)} examples")
+    labels = [Behavior(label) for label in labels]
+    groups = {d: [ex for ex, lab in zip(examples, labels, strict=True) if lab == SOURCE[d]]
+              for d in DIRECTIONS}
+    methods = {"selected": selection}
+    methods.update({f"control_{name}": sel for name, sel in (controls or {}).items()})
+    found: dict[str, dict[str, Transitions]] = {}
+    rows = []
+    for method, sel in methods.items():
+        found[method] = {}
+        for direction, items in groups.items():
+            after, outputs = _steered_behaviors(model, tokenizer, task, items, sel, alpha,
+                                                direction, max_new_tokens, batch_size,
+                                                num_beams, last_prompt_only)
+            found[method][direction] = _transitions(direction, after)
+            rows += [{"method": method, "direction": direction, "prompt": ex.prompt,
+                      "before": SOURCE[direction].value, "after": b.value, "output": out}
+                     for ex, b, out in zip(items, after, outputs, strict=True)]
+    result = SteeringResult(alpha=float(alpha), k=len(selection), selected=found.pop("selected"),
+                            controls={m.removeprefix("control_"): t for m, t in found.items()},
+                            items=pd.DataFrame(rows))
+    if clean_examples:
+        if baseline is None:
+            baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
+                                      max_new_tokens, num_beams)
+        result.side = {d: side_effects(model, tokenizer, task, clean_examples, selection, alpha,
+                                       d, batch_size, max_new_tokens, baseline=baseline,
+                                       num_beams=num_beams, last_prompt_only=last_prompt_only)
+                       for d in DIRECTIONS}
+    return result
+
+
+@torch.no_grad()
+def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str],
+                        batch_size: int = 64) -> torch.Tensor:
+    """Log-softmax of the next-token logits at each prompt's last token: [N, V], CPU float32.
+
+    Prompts are left-padded, so position ids are passed explicitly (a plain GPT-2 forward does
+    not derive them from the attention mask as ``generate`` does).
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            batch = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
+            positions = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+            logits = model(**batch, position_ids=positions, use_cache=False).logits[:, -1]
+            out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def _accuracy(task: Task, examples: Sequence[Example], outputs: Sequence[str]) -> float:
+    hits = sum(b == Behavior.GEN for b in _behaviors(task, examples, outputs))
+    return hits / len(examples) if examples else math.nan
+
+
+def clean_baseline(model: nn.Module, tokenizer, task: Task, clean_examples: Sequence[Example],
+                   batch_size: int = 64, max_new_tokens: int = 16,
+                   num_beams: int = 1) -> CleanBaseline:
+    """Unsteered rule accuracy and next-token log-probs on clean inputs."""
+    prompts = [ex.prompt for ex in clean_examples]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, num_beams)
+    return CleanBaseline(acc=_accuracy(task, clean_examples, outputs),
+                         logprobs=last_token_logprobs(model, tokenizer, prompts, batch_size))
+
+
+def side_effects(model: nn.Module, tokenizer, task: Task, clean_examples: Sequence[Example],
+                 selection: NeuronSelection, alpha: float, direction: str, batch_size: int = 64,
+                 max_new_tokens: int = 16, *, baseline: CleanBaseline | None = None,
+                 num_beams: int = 1, last_prompt_only: bool = False) -> SideEffects:
+    """Rule accuracy on clean inputs (classify == GEN is correct), steered and not, and the
+    mean KL(unsteered || steered) of the next-token distribution at the last prompt token."""
+    plan_shifts(model, selection, alpha, direction)
+    if not clean_examples:
+        raise ValueError("clean_examples: empty, no clean inputs to measure side effects on")
+    if baseline is None:
+        baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
+                                  max_new_tokens, num_beams)
+    prompts = [ex.prompt for ex in clean_examples]
+    with steer(model, selection, alpha, direction, last_prompt_only=last_prompt_only):
+        outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, num_beams)
+        steered = last_token_logprobs(model, tokenizer, prompts, batch_size)
+    p = baseline.logprobs.exp()  # terms with p = 0 are 0 (also where a logit is -inf)
+    kl = torch.where(p > 0, p * (baseline.logprobs - steered), torch.zeros_like(p)).sum(-1)
+    return SideEffects(direction=direction, n=len(clean_examples), clean_acc=baseline.acc,
+                       clean_acc_steered=_accuracy(task, clean_examples, outputs),
+                       kl=float(kl.clamp(min=0).mean()))
+
+
+def select_top(stats: Mapping[str, SiteStats], top: int | float) -> NeuronSelection:
+    """Top neurons by abs(r): an int is a count, a float a fraction of all neurons."""
+    if isinstance(top, bool) or not isinstance(top, (int, float)):
+        raise ValueError(f"ks: expected a count or a fraction in (0, 1], got {top!r}")
+    if isinstance(top, float):
+        return select_neurons(dict(stats), top_fraction=top)
+    return select_neurons(dict(stats), top_k=top)
+
+
+Selector = Mapping[str, SiteStats] | Callable[[int | float], NeuronSelection]
+
+
+def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
+                  labels: Sequence[Behavior | str] | None, selector: Selector,
+                  ks: Sequence[int | float], alphas: Sequence[float], *,
+                  stats: Mapping[str, SiteStats] | None = None,
+                  control_names: Sequence[str] = CONTROL_NAMES,
+                  clean_examples: Sequence[Example] | None = None, max_new_tokens: int = 16,
+                  batch_size: int = 64, seed: int = 0, num_beams: int = 1,
+                  last_prompt_only: bool = False) -> pd.DataFrame:
+    """Success (and side effects of the selection) for every (k, alpha, direction, method).
+
+    ``selector``: per-site statistics (the top-k neurons by abs(r) are selected; a float k is a
+    fraction of all neurons) or a callable ``k -> NeuronSelection``. Controls are drawn once per
+    k from ``stats`` (or the selector's statistics; without statistics, ``random`` and
+    ``uniform`` draw over the selection's sites and ``low_r`` is refused).
+    Columns: top, k, alpha, direction, method, success, ci_low, ci_high, n, to_target,
+    unchanged, other, clean_acc, clean_acc_steered, clean_acc_drop, kl (NaN for controls).
+    """
+    if isinstance(selector, Mapping):
+        stats = selector if stats is None else stats
+
+        def select(top):
+            return select_top(selector, top)
+    else:
+        select = selector
+    if labels is None:
+        labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
+                                 num_beams)
+    baseline = None
+    if clean_examples:
+        baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
+                                  max_new_tokens, num_beams)
+    rows = []
+    for top in ks:
+        selection = select(top)
+        pool = stats if stats is not None else {
+            s: site_width(model, s) for s in dict.fromkeys(selection.sites)}
+        controls = build_controls(pool, selection, seed, tuple(control_names))
+        for alpha in alphas:
+            result = evaluate_steering(
+                model, tokenizer, task, examples, labels, selection, alpha, max_new_tokens,
+                batch_size, controls, clean_examples=clean_examples, baseline=baseline,
+                num_beams=num_beams, last_prompt_only=last_prompt_only)
+            for row in result.table().to_dict("records"):
+                side = result.side.get(row["direction"]) if row["method"] == "selected" else None
+                rows.append({"top": top, "k": len(selection), "alpha": float(alpha), **row,
+                             "clean_acc": side.clean_acc if side else math.nan,
+                             "clean_acc_steered": side.clean_acc_steered if side else math.nan,
+                             "clean_acc_drop": side.clean_acc_drop if side else math.nan,
+                             "kl": side.kl if side else math.nan})
+    return pd.DataFrame(rows)
+
+
+def summary_metrics(result: SteeringResult) -> dict[str, float]:
+    """Flat metrics: ``steer/<dir>/[control_<name>/]{success,ci_low,ci_high,n,other_rate}``,
+    ``side/<dir>/{clean_acc_steered,clean_acc_drop,kl}`` and the worst case over directions as
+    ``side/{clean_acc,clean_acc_steered,clean_acc_drop,kl}`` (fractions, not percentage points).
+    """
+    out: dict[str, float] = {}
+
+    def put(prefix: str, t: Transitions) -> None:
+        low, high = t.ci
+        out[f"{prefix}/success"] = t.success
+        out[f"{prefix}/ci_low"] = low
+        out[f"{prefix}/ci_high"] = high
+        out[f"{prefix}/n"] = float(t.n)
+        out[f"{prefix}/other_rate"] = t.other / t.n if t.n else math.nan
+
+    for direction, t in result.selected.items():
+        put(f"steer/{direction}", t)
+    for name, by_direction in result.controls.items():
+        for direction, t in by_direction.items():
+            put(f"steer/{direction}/control_{name}", t)
+    if result.side:
+        sides = list(result.side.values())
+        for s in sides:
+            out[f"side/{s.direction}/clean_acc_steered"] = s.clean_acc_steered
+            out[f"side/{s.direction}/clean_acc_drop"] = s.clean_acc_drop
+            out[f"side/{s.direction}/kl"] = s.kl
+        worst = max(sides, key=lambda s: s.clean_acc_drop)
+        out["side/clean_acc"] = sides[0].clean_acc
+        out["side/clean_acc_steered"] = worst.clean_acc_steered
+        out["side/clean_acc_drop"] = worst.clean_acc_drop
+        out["side/kl"] = max(s.kl for s in sides)
+    return out

@@ -1,0 +1,128 @@
+"""Tiny models, a character tokenizer and a stub task for steering tests: no downloads."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from memgen.analysis.neurons import NeuronSelection, SiteStats
+from memgen.tasks.base import Behavior, Example, Task
+
+SPECIALS = ["<pad>", "<eos>", "<unk>"]
+CHARS = list("0123456789+:\n abcdefghijklmnopqrstuvwxyzIT")
+N_LAYERS = 2
+WIDTH = 32
+INIT = 0.3  # larger than the default 0.02: peaked logits, so greedy decoding has no near-ties
+
+# Different lengths on purpose: left padding must not change any prompt's continuation.
+PROMPTS = ["Input:\n1+2\nTarget:\n", "12+7", "9", "Input:\n532+499+155+85\nTarget:\n",
+           "3+4+5", "unit", "7\n8", "Input:\n99+1\n"]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character (newlines included), ``<pad>`` = 0 and ``<eos>`` = 1."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
+                                   eos_token="<eos>", unk_token="<unk>")
+
+
+def tiny_gpt2(vocab_size: int, seed: int = 0, width: int = WIDTH,
+              layers: int = N_LAYERS) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=width, n_layer=layers,
+                        n_head=2, bos_token_id=1, eos_token_id=1, pad_token_id=0,
+                        initializer_range=INIT)
+    return GPT2LMHeadModel(config).eval()
+
+
+def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=48,
+                         num_hidden_layers=N_LAYERS, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=128, bos_token_id=1, eos_token_id=1,
+                         pad_token_id=0, initializer_range=INIT)
+    return LlamaForCausalLM(config).eval()
+
+
+MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """Forward hooks and pre-hooks registered on any submodule."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def selection(sites: list[str], indices: list[int], nmd: list[float]) -> NeuronSelection:
+    return NeuronSelection(sites=sites, indices=torch.tensor(indices),
+                           nmd=torch.tensor(nmd, dtype=torch.float32),
+                           r=torch.linspace(0.9, 0.5, len(indices)))
+
+
+def fake_stats(widths: dict[str, int], seed: int = 0) -> dict[str, SiteStats]:
+    """Random per-site statistics with distinct abs(r) values (a deterministic ranking)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for site, width in widths.items():
+        mem, gen_ = torch.randn(width, generator=gen), torch.randn(width, generator=gen)
+        r = torch.rand(width, generator=gen) * 2 - 1
+        out[site] = SiteStats(site=site, n_mem=10, n_gen=10, mean_mem=mem, mean_gen=gen_,
+                              nmd=mem - gen_, r=r)
+    return out
+
+
+class FirstCharTask(Task):
+    """A stub task: the answer is the first generated character (MEM and GEN are chars)."""
+
+    name = "firstchar"
+
+    def classify(self, example: Example, output: str) -> Behavior:
+        first = output[:1]
+        if first and first == example.mem_answer:
+            return Behavior.MEM
+        if first and first == example.gen_answer:
+            return Behavior.GEN
+        return Behavior.OTHER
+
+    def train_examples(self) -> list[Example]:
+        return []
+
+    def conflict_examples(self, n=None, stream="conflict") -> list[Example]:
+        return []
+
+    def clean_examples(self, n=None, stream="clean") -> list[Example]:
+        return []
+
+    def perturb(self, example: Example, rng: random.Random) -> Example:
+        return example
+
+    @property
+    def memorized_tokens(self) -> list[str]:
+        return []
+
+
+def labelled_examples(first_chars: list[str]) -> list[Example]:
+    """Examples over PROMPTS whose unsteered first char is MEM for even items, GEN for odd."""
+    out = []
+    for i, (prompt, first) in enumerate(zip(PROMPTS, first_chars, strict=True)):
+        mem, gen = (first, "#") if i % 2 == 0 else ("#", first)
+        out.append(Example(prompt=prompt, answer=gen, kind="conflict", mem_answer=mem,
+                           gen_answer=gen, task="firstchar"))
+    return out
+
+
+def clean_examples(first_chars: list[str]) -> list[Example]:
+    """Clean examples whose rule answer is what the unsteered model says (accuracy 1)."""
+    return [Example(prompt=p, answer=c, kind="clean", gen_answer=c, task="firstchar")
+            for p, c in zip(PROMPTS, first_chars, strict=True)]

@@ -1,0 +1,343 @@
+"""Steering hooks, controls, evaluation and side effects on tiny GPT-2 and Llama models."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from memgen.analysis.controls import (
+    build_controls,
+    low_r_control,
+    matched_random_control,
+    random_control,
+    shuffled_control,
+)
+from memgen.analysis.generation import encode_prompts, generate
+from memgen.analysis.intervention import (
+    evaluate_steering,
+    side_effects,
+    steering_grid,
+    summary_metrics,
+    wilson_interval,
+)
+from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.sites import hook_site, site_width
+from memgen.analysis.stats import select_neurons
+from memgen.analysis.steering import steer
+from memgen.tracking.steering_plots import success_vs_alpha
+from tests.helpers_steering import (
+    MODELS,
+    PROMPTS,
+    FirstCharTask,
+    char_tokenizer,
+    clean_examples,
+    fake_stats,
+    hook_count,
+    labelled_examples,
+    selection,
+    tiny_gpt2,
+    tiny_llama,
+)
+
+TOK = char_tokenizer()
+SITES = ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2"]
+SEL = selection(["resid.1", "resid.2", "mlp.1"], [0, 5, 7], [3.0, -2.0, 4.0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and spinning threads on a shared CPU are slow."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param](len(TOK))
+
+
+def _logits(model, prompts=PROMPTS):
+    batch = encode_prompts(TOK, prompts, "cpu")
+    positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return model(**batch, position_ids=positions).logits
+
+
+def _capture(model, site, store):
+    return hook_site(model, site, lambda h: store.append(h.detach().clone()))
+
+
+# -- the hook ---------------------------------------------------------------------------------
+def test_alpha_zero_is_bit_identical(model):
+    logits, outputs = _logits(model), generate(model, TOK, PROMPTS, 6)
+    with steer(model, SEL, 0.0, "to_gen"):
+        assert torch.equal(_logits(model), logits)
+        assert generate(model, TOK, PROMPTS, 6) == outputs
+
+
+@pytest.mark.parametrize("direction,sign", [("to_mem", 1.0), ("to_gen", -1.0)])
+@pytest.mark.parametrize("site", ["resid.1", "mlp.2"])
+def test_shift_is_exactly_alpha_nmd_at_last_position(model, site, direction, sign):
+    sel = selection([site, site, "resid.2"], [3, 11, 4], [1.5, -0.25, 2.0])
+    before, after = [], []
+    handles = [_capture(model, site, before)]
+    try:
+        with steer(model, sel, 2.5, direction):
+            handles.append(_capture(model, site, after))  # runs after the steering hook
+            _logits(model)
+    finally:
+        for handle in handles:
+            handle.remove()
+    (h0,), (h1,) = before, after
+    idx = torch.tensor([3, 11])
+    expected = h0.clone()
+    expected[:, -1, idx] = h0[:, -1, idx] + (sign * 2.5) * torch.tensor([1.5, -0.25])
+    assert torch.equal(h1, expected)  # the shift, and nothing else: other positions, coordinates
+    assert not torch.equal(h1, h0)
+
+
+def test_every_pass_is_steered_or_only_the_prefill(model):
+    for last_prompt_only, steered_passes in [(False, [True, True, True]),
+                                             (True, [True, False, False])]:
+        before, after = [], []
+        handles = [_capture(model, "resid.1", before)]
+        try:
+            with steer(model, SEL, 1.0, "to_mem", last_prompt_only=last_prompt_only):
+                handles.append(_capture(model, "resid.1", after))
+                generate(model, TOK, PROMPTS[:3], max_new_tokens=3)
+        finally:
+            for handle in handles:
+                handle.remove()
+        # a forward per token (EOS may stop early); prefill first, then one position per pass
+        assert len(before) == len(after) >= 2 and before[0].shape[1] > 1
+        assert all(h.shape[1] == 1 for h in before[1:])
+        got = [not torch.equal(a, b) for a, b in zip(after, before, strict=True)]
+        assert got == steered_passes[:len(got)]
+
+
+def test_batched_steered_generation_equals_unbatched(model):
+    plain = generate(model, TOK, PROMPTS, 6, batch_size=len(PROMPTS))
+    assert plain == generate(model, TOK, PROMPTS, 6, batch_size=1)  # left padding is harmless
+    with steer(model, SEL, 3.0, "to_mem"):
+        batched = generate(model, TOK, PROMPTS, 6, batch_size=len(PROMPTS))
+        single = generate(model, TOK, PROMPTS, 6, batch_size=1)
+    assert batched == single
+    assert batched != plain  # the steering did something
+
+
+def test_hooks_removed_after_exception(model):
+    n = hook_count(model)
+    for last_prompt_only in (False, True):
+        with pytest.raises(RuntimeError, match="boom"):
+            with steer(model, SEL, 1.0, "to_gen", last_prompt_only=last_prompt_only):
+                assert hook_count(model) > n
+                raise RuntimeError("boom")
+        assert hook_count(model) == n
+
+
+def test_steering_is_differentiable():
+    """New tensors, no in-place writes on autograd inputs: a backward pass works."""
+    gpt2 = tiny_gpt2(len(TOK))
+    batch = encode_prompts(TOK, PROMPTS[:2], "cpu")
+    with steer(gpt2, SEL, 1.0, "to_mem"):
+        gpt2(**batch).logits.sum().backward()
+    assert gpt2.transformer.h[0].mlp.c_fc.weight.grad is not None
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"alpha": float("nan")}, "alpha"),
+    ({"alpha": float("inf")}, "alpha"),
+    ({"direction": "sideways"}, "direction"),
+    ({"selection": selection([], [], [])}, "selection"),
+    ({"selection": selection(["resid.9"], [0], [1.0])}, "selection"),
+    ({"selection": selection(["attn.1"], [0], [1.0])}, "selection"),
+    ({"selection": selection(["resid.1"], [999], [1.0])}, "selection"),
+    ({"selection": selection(["resid.1", "resid.1"], [2, 2], [1.0, 1.0])}, "selection"),
+    ({"shifts": torch.ones(2)}, "shifts"),
+    ({"shifts": torch.tensor([1.0, float("nan"), 0.0])}, "shifts"),
+])
+def test_invalid_arguments_fail_by_name(kwargs, match):
+    gpt2 = tiny_gpt2(len(TOK))
+    args = {"selection": SEL, "alpha": 1.0, "direction": "to_gen", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        with steer(gpt2, **args):
+            pass
+    assert hook_count(gpt2) == 0
+
+
+def test_shifts_override_nmd():
+    gpt2 = tiny_gpt2(len(TOK))
+    other = selection(SEL.sites, SEL.indices.tolist(), [0.5, 0.5, -1.0])
+    with steer(gpt2, SEL, 2.0, "to_mem", shifts=other.nmd):
+        a = _logits(gpt2)
+    with steer(gpt2, other, 2.0, "to_mem"):
+        b = _logits(gpt2)
+    assert torch.equal(a, b)
+
+
+def test_steering_a_lora_wrapped_llama_changes_outputs():
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama(len(TOK))
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                 target_modules=["q_proj", "v_proj"])).eval()
+    n = hook_count(peft_model)
+    plain_logits, plain = _logits(peft_model), generate(peft_model, TOK, PROMPTS, 6)
+    for last_prompt_only in (False, True):
+        with steer(peft_model, SEL, 3.0, "to_gen", last_prompt_only=last_prompt_only):
+            assert not torch.equal(_logits(peft_model), plain_logits)
+            assert generate(peft_model, TOK, PROMPTS, 6) != plain
+    assert hook_count(peft_model) == n
+
+
+# -- controls ---------------------------------------------------------------------------------
+def _stats():
+    gpt2 = tiny_gpt2(len(TOK))
+    return fake_stats({s: site_width(gpt2, s) for s in SITES})
+
+
+def test_controls_have_the_selection_size_and_are_seeded():
+    stats = _stats()
+    top = select_neurons(stats, top_k=7)
+    assert top.r.abs().tolist() == sorted(top.r.abs().tolist(), reverse=True)
+    controls = build_controls(stats, top, seed=3, names=("random", "uniform", "low_r", "shuffled"))
+    assert {name: len(c) for name, c in controls.items()} == dict.fromkeys(controls, 7)
+    rand = controls["random"]
+    assert not set(rand.keys()) & set(top.keys())
+    assert sorted(rand.nmd.abs().tolist()) == sorted(top.nmd.abs().tolist())  # matched sizes
+    again = matched_random_control(stats, top, seed=3)
+    assert again.keys() == rand.keys() and torch.equal(again.nmd, rand.nmd)
+    assert matched_random_control(stats, top, seed=4).keys() != rand.keys()
+    m = float(top.nmd.abs().max())
+    uniform = controls["uniform"]
+    assert uniform.nmd.abs().max() <= m and set(uniform.sites) <= set(SITES)
+    assert random_control(stats, 7, m, seed=3, exclude=top).keys() == uniform.keys()
+    assert random_control(stats, 7, m, seed=5).keys() != uniform.keys()
+
+
+def test_low_r_and_shuffled_controls():
+    stats = _stats()
+    top = select_neurons(stats, top_k=5)
+    low = low_r_control(stats, top)
+    all_r = torch.cat([s.r for s in stats.values()]).abs()
+    assert torch.allclose(low.r.abs().sort().values, all_r.sort().values[:5])
+    for site, i, shift in zip(low.sites, low.indices.tolist(), low.nmd.tolist(), strict=True):
+        assert shift == pytest.approx(float(stats[site].nmd[i]))  # its own NMD
+    shuffled = shuffled_control(top, seed=1)
+    assert shuffled.keys() == top.keys()
+    assert sorted(shuffled.nmd.tolist()) == sorted(top.nmd.tolist())
+    assert not torch.equal(shuffled.nmd, top.nmd)
+    assert torch.equal(shuffled_control(top, seed=1).nmd, shuffled.nmd)
+
+
+def test_random_control_over_site_widths_only():
+    widths = {"resid.1": 32, "mlp.1": 128}
+    ctrl = random_control(widths, 10, 2.0, seed=0)
+    assert len(ctrl) == 10 and set(ctrl.sites) <= set(widths)
+    assert all(0 <= i < widths[s] for s, i in ctrl.keys())
+    assert torch.isnan(ctrl.r).all()
+    with pytest.raises(ValueError, match="low_r"):
+        build_controls(widths, ctrl, names=("low_r",))
+
+
+# -- evaluation -------------------------------------------------------------------------------
+def test_wilson_interval_by_hand():
+    low, high = wilson_interval(8, 10)
+    # p=0.8, z=1.959964: centre (0.8 + z^2/20) / (1 + z^2/10) = 0.716736,
+    # half-width z / (1 + z^2/10) * sqrt(0.016 + z^2/400) = 0.226577
+    assert low == pytest.approx(0.490160, abs=1e-5)
+    assert high == pytest.approx(0.943313, abs=1e-5)
+    assert wilson_interval(0, 5)[0] == 0.0 and wilson_interval(5, 5)[1] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
+
+
+def _first_chars(model):
+    return [out[:1] or "#" for out in generate(model, TOK, PROMPTS, 4)]
+
+
+def test_evaluate_steering_counts_transitions():
+    gpt2 = tiny_gpt2(len(TOK))
+    task = FirstCharTask()
+    examples = labelled_examples(_first_chars(gpt2))
+    labels = [task.classify(ex, out) for ex, out in
+              zip(examples, generate(gpt2, TOK, PROMPTS, 4), strict=True)]
+    controls = {"shuffled": shuffled_control(SEL, 0)}
+    result = evaluate_steering(gpt2, TOK, task, examples, labels, SEL, 3.0, 4, 4, controls)
+    again = evaluate_steering(gpt2, TOK, task, examples, None, SEL, 3.0, 4, 4, controls)
+    assert result.table().equals(again.table())
+    mem_items = [ex for ex, lab in zip(examples, labels, strict=True) if lab.value == "MEM"]
+    with steer(gpt2, SEL, 3.0, "to_gen"):
+        after = [task.classify(ex, out) for ex, out in
+                 zip(mem_items, generate(gpt2, TOK, [e.prompt for e in mem_items], 4),
+                     strict=True)]
+    t = result.selected["to_gen"]
+    assert t.n == len(mem_items) == 4
+    assert (t.to_target, t.unchanged, t.other) == (
+        sum(b.value == "GEN" for b in after), sum(b.value == "MEM" for b in after),
+        sum(b.value == "OTHER" for b in after))
+    assert t.success == t.to_target / 4 and t.ci == wilson_interval(t.to_target, 4)
+    assert set(result.controls) == {"shuffled"} and result.controls["shuffled"]["to_mem"].n == 4
+    assert len(result.items) == 16
+    metrics = summary_metrics(result)
+    for key in ("steer/to_gen/success", "steer/to_mem/success", "steer/to_gen/ci_low",
+                "steer/to_gen/control_shuffled/success", "steer/to_mem/control_shuffled/ci_high"):
+        assert key in metrics
+
+
+def test_side_effects_zero_at_alpha_zero_and_positive_otherwise():
+    gpt2 = tiny_gpt2(len(TOK))
+    task, clean = FirstCharTask(), clean_examples(_first_chars(gpt2))
+    none = side_effects(gpt2, TOK, task, clean, SEL, 0.0, "to_mem", 4, 4)
+    assert (none.clean_acc, none.clean_acc_steered, none.clean_acc_drop, none.kl) == (1, 1, 0, 0)
+    some = side_effects(gpt2, TOK, task, clean, SEL, 3.0, "to_mem", 4, 4)
+    assert some.kl > 0 and some.clean_acc_drop > 0
+
+
+def test_grid_summary_and_plot():
+    gpt2 = tiny_gpt2(len(TOK))
+    task, chars = FirstCharTask(), _first_chars(gpt2)
+    stats = fake_stats({s: site_width(gpt2, s) for s in SITES})
+    grid = steering_grid(gpt2, TOK, task, labelled_examples(chars), None, stats, [3, 0.02],
+                         [0.0, 2.0], clean_examples=clean_examples(chars), max_new_tokens=3,
+                         batch_size=8)
+    assert isinstance(grid, pd.DataFrame) and len(grid) == 2 * 2 * 2 * 4
+    for column in ("k", "alpha", "direction", "method", "success", "ci_low", "ci_high", "n",
+                   "clean_acc", "clean_acc_drop", "kl"):
+        assert column in grid.columns
+    assert set(grid["method"]) == {"selected", "control_random", "control_low_r",
+                                   "control_shuffled"}
+    assert sorted(set(grid["k"])) == [3, round(0.02 * sum(site_width(gpt2, s) for s in SITES))]
+    at_zero = grid[(grid["alpha"] == 0) & (grid["method"] == "selected")]
+    assert (at_zero["success"] == 0).all() and (at_zero["kl"] == 0).all()
+    fig = success_vs_alpha(grid)
+    assert len(fig.axes) == 3
+
+    result = evaluate_steering(gpt2, TOK, task, labelled_examples(chars), None,
+                               select_neurons(stats, top_k=3), 2.0, 3, 8,
+                               build_controls(stats, select_neurons(stats, top_k=3)),
+                               clean_examples=clean_examples(chars))
+    metrics = summary_metrics(result)
+    for key in ("side/clean_acc", "side/clean_acc_steered", "side/clean_acc_drop", "side/kl",
+                "steer/to_gen/control_random/success", "steer/to_mem/control_low_r/success"):
+        assert key in metrics
+    assert metrics["side/clean_acc_drop"] == pytest.approx(
+        metrics["side/clean_acc"] - metrics["side/clean_acc_steered"])
+
+
+def test_grid_with_a_selector_callable():
+    gpt2 = tiny_gpt2(len(TOK))
+    task, chars = FirstCharTask(), _first_chars(gpt2)
+
+    def select(k):
+        return NeuronSelection(sites=["resid.1"] * k, indices=torch.arange(k),
+                               nmd=torch.ones(k), r=torch.ones(k))
+
+    grid = steering_grid(gpt2, TOK, task, labelled_examples(chars), None, select, [2], [1.0],
+                         control_names=("random", "shuffled"), max_new_tokens=2)
+    assert set(grid["method"]) == {"selected", "control_random", "control_shuffled"}
+    assert grid["clean_acc"].isna().all()
