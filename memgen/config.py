@@ -82,6 +82,7 @@ class TrainerConfig:
     deterministic: bool = True
     num_threads: int = 0  # 0 = torch default
     limit_train_batches: float = 1.0
+    log_every_n_steps: int = 10
 
 
 @dataclass
@@ -185,6 +186,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="memgen_schema", node=Config)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):

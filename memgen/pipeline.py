@@ -76,7 +76,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         enable_progress_bar=tr.progress_bar, enable_model_summary=False,
         deterministic=tr.deterministic, gradient_clip_val=tr.gradient_clip_val,
         accumulate_grad_batches=tr.accumulate_grad_batches,
-        check_val_every_n_epoch=tr.check_val_every_n_epoch, log_every_n_steps=10,
+        check_val_every_n_epoch=tr.check_val_every_n_epoch, log_every_n_steps=tr.log_every_n_steps,
         limit_train_batches=tr.limit_train_batches, default_root_dir=cfg.output_dir,
         num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
