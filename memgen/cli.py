@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
-        cmd.add_argument("overrides", nargs="*", help="Hydra overrides such as trainer.max_epochs=5")
+        cmd.add_argument("overrides", nargs="*", help="overrides like trainer.max_epochs=5")
         if name == "ui":
             cmd.add_argument("--port", type=int, default=5000)
     return p

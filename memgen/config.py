@@ -113,7 +113,8 @@ class AnalysisConfig:
     use_pairs: bool = True
     n_shuffles: int = 20
     batch_size: int = 128
-    every_n_val_epochs: int = 0  # >0: callbacks log neurons/probes/steering during training
+    every_n_val_epochs: int = 0  # >0: callbacks log these stages during training
+    callback_stages: list[str] = field(default_factory=lambda: ["neurons", "probes", "steering"])
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     consistency: bool = True
@@ -173,7 +174,8 @@ def _one_line(exc: BaseException) -> str:
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     cut = ("full_key:", "object_type", "Set the", "Config search path", "provider=", "See https")
     lines = [ln for ln in lines if not ln.startswith(cut)]
-    text = " ".join(lines).replace("To append to your config use", "(not a config key; to add one use")
+    hint = "(not a config key; to add one use"
+    text = " ".join(lines).replace("To append to your config use", hint)
     if "(not a config key" in text:
         text += ")"
     return text[:300] or type(exc).__name__
@@ -183,10 +185,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     """Compose ``conf/`` with Hydra overrides, merge onto the schema and validate."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.config_store import ConfigStore
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
-
-    from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="memgen_schema", node=Config)
     GlobalHydra.instance().clear()
@@ -261,7 +262,8 @@ def validate(cfg: DictConfig) -> None:
         _require(math.isfinite(value) and value >= 0, "analysis.steering.grid_alpha",
                  "finite numbers >= 0", value)
     for value in s.grid_top_fraction:
-        _require(0 < value <= 1, "analysis.steering.grid_top_fraction", "fractions in (0, 1]", value)
+        _require(0 < value <= 1, "analysis.steering.grid_top_fraction", "fractions in (0, 1]",
+                 value)
     for name in s.controls:
         _require(name in ("random", "low_r", "shuffled"), "analysis.steering.controls",
                  "names from ['low_r', 'random', 'shuffled']", name)
@@ -271,6 +273,9 @@ def validate(cfg: DictConfig) -> None:
     _require(a.batch_size > 0, "analysis.batch_size", "a positive integer", a.batch_size)
     _require(a.every_n_val_epochs >= 0, "analysis.every_n_val_epochs", "an integer >= 0",
              a.every_n_val_epochs)
+    for stage in a.callback_stages:
+        _require(stage in ("neurons", "probes", "steering"), "analysis.callback_stages",
+                 "names from ['neurons', 'probes', 'steering']", stage)
     for site in a.sites:
         kind, _, layer = site.partition(".")
         _require(site in ("all", "resid", "mlp") or (kind in ("resid", "mlp") and layer.isdigit()),

@@ -16,8 +16,11 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from memgen.analysis.stages import analyse_model
 from memgen.tasks import Task
+from memgen.tracking.callbacks import AnalysisCallback
 from memgen.tracking.lightning import make_checkpoints, make_logger
+from memgen.tracking.report import log_analysis, summary
 from memgen.tracking.run import TrackedRun, tracked_run
 from memgen.tracking.store import check_store
 from memgen.training.checkpoints import load_module_weights
@@ -59,10 +62,19 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
     return task, tokenizer, model
 
 
+def analysis_callbacks(cfg: DictConfig, run: TrackedRun) -> list[pl.Callback]:
+    """The periodic analysis callback when ``analysis.every_n_val_epochs`` > 0."""
+    if not cfg.analysis.every_n_val_epochs:
+        return []
+    return [AnalysisCallback(cfg, run, cfg.analysis.every_n_val_epochs,
+                             tuple(cfg.analysis.callback_stages))]
+
+
 def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         extra_callbacks: list[pl.Callback] | None = None, ckpt_path: str | None = None) -> Trained:
-    """Lightning ``fit`` logging into ``run``; returns the module restored to the best checkpoint."""
+    """Lightning ``fit`` logging into ``run``; the module comes back at its best checkpoint."""
     tr = cfg.trainer
+    extra_callbacks = analysis_callbacks(cfg, run) + list(extra_callbacks or [])
     module = MemGenModule(model, tokenizer, task, cfg)
     datamodule = MemGenDataModule(cfg, task, tokenizer)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / run.run_id
@@ -71,7 +83,8 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     run.log_metrics(count_parameters(model))
     trainer = pl.Trainer(
         max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
-        strategy=tr.strategy, precision=tr.precision, logger=make_logger(run, cfg.tracking.experiment),
+        strategy=tr.strategy, precision=tr.precision,
+        logger=make_logger(run, cfg.tracking.experiment),
         callbacks=[best, on_exception, *(extra_callbacks or [])],
         enable_progress_bar=tr.progress_bar, enable_model_summary=False,
         deterministic=tr.deterministic, gradient_clip_val=tr.gradient_clip_val,
@@ -93,7 +106,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
 
 
 def log_model(run: TrackedRun, trained: Trained) -> None:
-    """The kept model and tokenizer via ``save_pretrained`` (safetensors) as the ``model`` artifact."""
+    """The kept model and tokenizer via ``save_pretrained`` (safetensors): artifact ``model``."""
     with tempfile.TemporaryDirectory() as tmp:
         trained.model.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)
@@ -101,7 +114,7 @@ def log_model(run: TrackedRun, trained: Trained) -> None:
 
 
 def kept_checkpoint_rates(cfg: DictConfig, trained: Trained) -> dict[str, float]:
-    """Behavior rates of the kept checkpoint on the validation conflict set (logged as ``kept/*``)."""
+    """Behavior rates of the kept checkpoint on the validation conflict set (``kept/*``)."""
     from memgen.analysis.generation import generate  # noqa: PLC0415
     from memgen.tasks import Behavior  # noqa: PLC0415
 
@@ -138,11 +151,10 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             log_model(tracked, trained)
         objects: dict[str, Any] = {"trained": trained, "run_id": tracked.run_id}
         if cfg.analysis.enabled:
-            from memgen.analyse import analyse  # noqa: PLC0415 - heavy, only for `run`
-
-            analysis_metrics, analysis_objects = analyse(cfg, tracked, trained)
-            trained.metrics |= analysis_metrics
-            objects |= analysis_objects
+            analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task)
+            log_analysis(tracked, analysis)
+            trained.metrics |= analysis.metrics
+            objects |= {"analysis": analysis, "summary": summary(analysis)}
     return trained.metrics, objects
 
 

@@ -67,7 +67,7 @@ class TrackedRun:
         plt.close(figure)
 
     def log_table(self, frame, path: str) -> None:
-        """A pandas DataFrame as a parquet (or CSV) artifact: per-neuron data never goes to metrics."""
+        """A DataFrame as a parquet (or CSV) artifact: per-neuron data never goes to metrics."""
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(path).name
             if local.suffix == ".parquet":
@@ -99,7 +99,8 @@ def run_tags(cfg: DictConfig, command: str) -> dict[str, str]:
         "memgen.command": command,
         "task": cfg.task.name,
         "model.kind": cfg.model.kind,
-        "model.arch": cfg.model.arch if cfg.model.kind == "scratch" else str(cfg.model.name_or_path),
+        "model.arch": (cfg.model.arch if cfg.model.kind == "scratch"
+                       else str(cfg.model.name_or_path)),
         "seed": str(cfg.seed),
         "git.commit": git_commit(),
         "memgen.version": memgen.__version__,

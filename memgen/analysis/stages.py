@@ -1,0 +1,303 @@
+"""The analysis stages of ``memgen run``, on any trained Hugging Face causal LM.
+
+behavior labels -> pairs -> selection / evaluation split -> activations at every site (captured
+once) -> NMD and r -> ranking and selection -> probes -> steering with controls and side
+effects -> intra-task consistency. Each stage is a function of plain objects, so the Lightning
+callbacks (``memgen.tracking.callbacks``) run the very same code during training.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from memgen.analysis.behavior import (
+    LabelledGroups,
+    Pair,
+    find_pairs,
+    label_perturbation_groups,
+    split_pairs,
+)
+from memgen.analysis.capture import collect_features
+from memgen.analysis.consistency import IntraResult, intra_task_consistency, split_halves
+from memgen.analysis.controls import build_controls
+from memgen.analysis.intervention import (
+    SteeringResult,
+    evaluate_steering,
+    steering_grid,
+    summary_metrics,
+)
+from memgen.analysis.neurons import NeuronSelection, SiteStats
+from memgen.analysis.probes import ProbeReport, check_disjoint, probe_sites
+from memgen.analysis.sites import resolve_sites
+from memgen.analysis.stats import (
+    rank_neurons,
+    select_neurons,
+    shuffle_control,
+    site_summary,
+    stream_stats,
+)
+from memgen.tasks import Behavior, Example, Task
+
+Item = tuple[int, int]  # (group, variant)
+
+
+@dataclass
+class Split:
+    """Labelled variants of one split: examples, labels (MEM=1, GEN=0) and their row ids."""
+
+    items: list[Item]
+    examples: list[Example]
+    labels: torch.Tensor
+
+    @property
+    def behaviors(self) -> list[Behavior]:
+        return [Behavior.MEM if y else Behavior.GEN for y in self.labels.tolist()]
+
+
+@dataclass
+class Behaviors:
+    """Stage 1: every perturbation labelled, the differing pairs, and the two splits."""
+
+    labelled: LabelledGroups
+    pairs: list[Pair]
+    selection: Split
+    evaluation: Split
+    selection_pairs: list[Pair]
+    evaluation_pairs: list[Pair]
+
+    def metrics(self) -> dict[str, float]:
+        counts = self.labelled.counts()
+        n = max(1, counts["n_variants"])
+        return {
+            "behavior/n_examples": counts["n_examples"],
+            "behavior/n_variants": counts["n_variants"],
+            "behavior/mem_rate": counts["n_mem"] / n,
+            "behavior/gen_rate": counts["n_gen"] / n,
+            "behavior/other_rate": counts["n_other"] / n,
+            "pairs/n": len(self.pairs),
+            "pairs/n_examples_with_pairs": len({p.group for p in self.pairs}),
+            "pairs/n_selection_items": len(self.selection.items),
+            "pairs/n_evaluation_items": len(self.evaluation.items),
+        }
+
+
+@dataclass
+class Neurons:
+    """Stage 2: per-site statistics on the selection split, the ranking and the selection."""
+
+    stats: dict[str, SiteStats]
+    table: pd.DataFrame
+    selection: NeuronSelection
+    chance: dict[str, Any]
+
+    def metrics(self) -> dict[str, float]:
+        out = site_summary(self.stats)
+        out["neurons/n_total"] = float(len(self.table))
+        out["neurons/n_selected"] = float(len(self.selection))
+        out["neurons/max_abs_r"] = float(self.table["abs_r"].max())
+        out["neurons/selected_min_abs_r"] = float(self.selection.r.abs().min())
+        out["neurons/chance_max_abs_r_q95"] = self.chance["max_abs_r_q"]
+        out["neurons/chance_abs_r_q95"] = self.chance["abs_r_q"]
+        return out
+
+
+@dataclass
+class Features:
+    """Last-prompt-token activations of every labelled item, captured once per checkpoint."""
+
+    by_item: dict[Item, int]
+    values: dict[str, torch.Tensor]  # site -> [N, D]
+    labels: torch.Tensor  # [N]
+
+    def take(self, items: list[Item]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        rows = torch.tensor([self.by_item[it] for it in items], dtype=torch.long)
+        return {s: v[rows] for s, v in self.values.items()}, self.labels[rows]
+
+
+@dataclass
+class Analysis:
+    """Everything the stages produced; ``summary()`` is what ``memgen run`` prints."""
+
+    behaviors: Behaviors
+    neurons: Neurons | None = None
+    probes: ProbeReport | None = None
+    steering: SteeringResult | None = None
+    grid: pd.DataFrame | None = None
+    consistency: IntraResult | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# -- stage 1: behaviors, pairs, splits ----------------------------------------------------------
+
+def _items_of_pairs(pairs: list[Pair]) -> list[Item]:
+    return list(dict.fromkeys((p.group, k) for p in pairs for k in (p.i, p.j)))
+
+
+def _split(labelled: LabelledGroups, items: list[Item]) -> Split:
+    labels = torch.tensor([int(labelled.labels[g][k] == Behavior.MEM) for g, k in items])
+    return Split(items, [labelled.groups[g][k] for g, k in items], labels)
+
+
+def _group_items(labelled: LabelledGroups, groups: list[int]) -> list[Item]:
+    """All MEM/GEN variants of the given groups (``analysis.use_pairs=false``)."""
+    return [(g, k) for g in groups for k, lab in enumerate(labelled.labels[g])
+            if lab in (Behavior.MEM, Behavior.GEN)]
+
+
+class NoPairsError(ValueError):
+    """The model never showed both behaviors on one example: nothing to contrast."""
+
+
+def label_behaviors(cfg: DictConfig, model, tokenizer, task: Task,
+                    allow_no_pairs: bool = False) -> Behaviors:
+    """Generate on every perturbation of the conflict set, label, pair and split by example."""
+    conflict = task.conflict_examples(cfg.task.n_conflict)
+    groups = task.perturbation_set(conflict, cfg.task.n_perturbations)
+    labelled = label_perturbation_groups(model, tokenizer, task, groups, cfg.task.max_new_tokens,
+                                         cfg.analysis.batch_size, cfg.trainer.num_beams)
+    pairs = find_pairs(labelled)
+    fraction, seed = cfg.analysis.selection_fraction, cfg.seed
+    if allow_no_pairs and len({p.group for p in pairs}) < 2 and cfg.analysis.use_pairs:
+        empty = _split(labelled, [])
+        return Behaviors(labelled, pairs, empty, empty, [], [])
+    if cfg.analysis.use_pairs:
+        sel_pairs, eval_pairs = split_pairs(pairs, fraction, seed)
+        sel_items, eval_items = _items_of_pairs(sel_pairs), _items_of_pairs(eval_pairs)
+    else:
+        sel_pairs, eval_pairs = [], []
+        usable = [g for g in range(len(groups)) if _group_items(labelled, [g])]
+        random.Random(seed).shuffle(usable)
+        n_sel = min(max(round(fraction * len(usable)), 1), len(usable) - 1)
+        sel_items = _group_items(labelled, usable[:n_sel])
+        eval_items = _group_items(labelled, usable[n_sel:])
+    check_disjoint({g for g, _ in sel_items}, {g for g, _ in eval_items})
+    return Behaviors(labelled, pairs, _split(labelled, sel_items), _split(labelled, eval_items),
+                     sel_pairs, eval_pairs)
+
+
+def capture(cfg: DictConfig, model, tokenizer, behaviors: Behaviors) -> Features:
+    """One forward pass per item (selection and evaluation) at every analysed site."""
+    sites = resolve_sites(model, list(cfg.analysis.sites))
+    items = behaviors.selection.items + behaviors.evaluation.items
+    examples = behaviors.selection.examples + behaviors.evaluation.examples
+    values = collect_features(model, tokenizer, [ex.prompt for ex in examples], sites,
+                              cfg.analysis.batch_size)
+    labels = torch.cat([behaviors.selection.labels, behaviors.evaluation.labels])
+    return Features({it: row for row, it in enumerate(items)}, values, labels)
+
+
+# -- stage 2: neurons -------------------------------------------------------------------------
+
+def find_neurons(cfg: DictConfig, features: Features, split: Split) -> Neurons:
+    """NMD, r, global ranking and the top-k selection on the selection split only."""
+    x, y = features.take(split.items)
+    stats = stream_stats([(x, y)])
+    table = rank_neurons(stats)
+    selection = select_neurons(stats, top_k=cfg.analysis.top_k,
+                               top_fraction=cfg.analysis.top_fraction)
+    chance = shuffle_control(x, y, max(1, cfg.analysis.n_shuffles), seed=cfg.seed)
+    return Neurons(stats, table, selection, chance)
+
+
+# -- stage 3: probes --------------------------------------------------------------------------
+
+def run_probes(cfg: DictConfig, features: Features, behaviors: Behaviors,
+               selection: NeuronSelection | None) -> ProbeReport:
+    """A probe per site trained on the selection split, scored on the evaluation split."""
+    x_train, y_train = features.take(behaviors.selection.items)
+    x_eval, y_eval = features.take(behaviors.evaluation.items)
+    p = cfg.analysis.probe
+    return probe_sites(x_train, y_train, x_eval, y_eval, selection, epochs=p.epochs, lr=p.lr,
+                       weight_decay=p.weight_decay, seed=cfg.seed)
+
+
+# -- stage 4: steering ------------------------------------------------------------------------
+
+def steering_selection(cfg: DictConfig, neurons: Neurons) -> NeuronSelection:
+    """The neurons steered: ``analysis.steering.top_k/top_fraction`` or the analysis selection."""
+    s = cfg.analysis.steering
+    if s.top_k is None and s.top_fraction is None:
+        return neurons.selection
+    return select_neurons(neurons.stats, top_k=s.top_k, top_fraction=s.top_fraction)
+
+
+def run_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons,
+                 split: Split, clean: list[Example]) -> SteeringResult:
+    """Steer the evaluation split at the configured (k, alpha), next to every control."""
+    s = cfg.analysis.steering
+    selection = steering_selection(cfg, neurons)
+    controls = build_controls(neurons.stats, selection, cfg.seed, tuple(s.controls))
+    return evaluate_steering(model, tokenizer, task, split.examples, split.behaviors, selection,
+                             s.alpha, cfg.task.max_new_tokens, cfg.analysis.batch_size, controls,
+                             clean_examples=clean, num_beams=cfg.trainer.num_beams,
+                             last_prompt_only=s.last_prompt_only)
+
+
+def run_grid(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons, split: Split,
+             clean: list[Example]) -> pd.DataFrame:
+    """Success and side effects over ``grid_top_fraction`` x ``grid_alpha``."""
+    s = cfg.analysis.steering
+    return steering_grid(model, tokenizer, task, split.examples, split.behaviors, neurons.stats,
+                         list(s.grid_top_fraction), list(s.grid_alpha),
+                         control_names=tuple(s.controls), clean_examples=clean,
+                         max_new_tokens=cfg.task.max_new_tokens,
+                         batch_size=cfg.analysis.batch_size, seed=cfg.seed,
+                         num_beams=cfg.trainer.num_beams, last_prompt_only=s.last_prompt_only)
+
+
+# -- stage 5: consistency ---------------------------------------------------------------------
+
+def run_consistency(cfg: DictConfig, features: Features, behaviors: Behaviors) -> IntraResult:
+    """Neurons selected independently on disjoint halves of all pairs, against chance."""
+    def stats_of(pairs: list[Pair]) -> dict[str, SiteStats]:
+        return stream_stats([features.take(_items_of_pairs(pairs))])
+
+    pairs = behaviors.selection_pairs + behaviors.evaluation_pairs
+    split_halves(pairs, cfg.seed)  # fails early and clearly when there are too few pairs
+    return intra_task_consistency(stats_of, pairs, top_k=cfg.analysis.top_k,
+                                  top_fraction=cfg.analysis.top_fraction, seed=cfg.seed)
+
+
+def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
+                  stages: tuple[str, ...] = ("neurons", "probes", "steering", "grid",
+                                             "consistency"),
+                  allow_no_pairs: bool = False) -> Analysis:
+    """Run the requested stages on one model; no tracking (the caller logs).
+
+    Without pairs there is nothing to contrast: ``allow_no_pairs`` (used during training, when
+    the model may not show both behaviors yet) returns the behavior counts alone.
+    """
+    model.eval()
+    behaviors = label_behaviors(cfg, model, tokenizer, task, allow_no_pairs)
+    result = Analysis(behaviors=behaviors, metrics=behaviors.metrics())
+    if not behaviors.selection.items or not behaviors.evaluation.items:
+        if allow_no_pairs:
+            return result
+        raise NoPairsError(
+            f"no pairs: {len(behaviors.pairs)} conflict examples got MEM on one perturbation and "
+            f"GEN on another (need >= 2); train longer, change the seed, or set "
+            f"analysis.use_pairs=false")
+    features = capture(cfg, model, tokenizer, behaviors)
+    neurons = find_neurons(cfg, features, behaviors.selection)
+    result.neurons = neurons
+    result.metrics |= neurons.metrics()
+    if "probes" in stages:
+        result.probes = run_probes(cfg, features, behaviors, neurons.selection)
+        result.metrics |= result.probes.metrics()
+    clean = task.clean_examples()
+    if "steering" in stages:
+        result.steering = run_steering(cfg, model, tokenizer, task, neurons,
+                                       behaviors.evaluation, clean)
+        result.metrics |= summary_metrics(result.steering)
+    if "grid" in stages:
+        result.grid = run_grid(cfg, model, tokenizer, task, neurons, behaviors.evaluation, clean)
+    if "consistency" in stages and cfg.analysis.consistency and cfg.analysis.use_pairs:
+        result.consistency = run_consistency(cfg, features, behaviors)
+        result.metrics |= result.consistency.to_metrics()
+    return result

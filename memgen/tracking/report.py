@@ -1,0 +1,116 @@
+"""Logging an :class:`~memgen.analyse.Analysis` to MLflow, and the text summary of a run.
+
+Summaries go to metrics; per-neuron and per-item data go to table artifacts; figures as PNG.
+With ``step`` (a training epoch, from a callback) only metrics are logged, so curves show how
+the differentiation emerges without flooding the artifact store.
+"""
+
+from __future__ import annotations
+
+import math
+
+from memgen.analysis.stages import Analysis
+from memgen.tracking.consistency_plots import overlap_matrix_figure
+from memgen.tracking.neuron_plots import abs_r_heatmap
+from memgen.tracking.probe_plots import probe_accuracy_by_layer
+from memgen.tracking.run import TrackedRun
+from memgen.tracking.steering_plots import success_vs_alpha
+
+
+def finite(metrics: dict[str, float]) -> dict[str, float]:
+    """MLflow rejects NaN in some stores: keep finite numbers only."""
+    return {k: float(v) for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v))}
+
+
+def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None) -> None:
+    """Metrics always; with ``step=None`` also tables and figures."""
+    run.log_metrics(finite(analysis.metrics), step=step)
+    if step is not None:
+        return
+    b = analysis.behaviors
+    rows = [{"group": g, "variant": k, "prompt": ex.prompt, "output": b.labelled.outputs[g][k],
+             "behavior": b.labelled.labels[g][k].value, "mem_answer": ex.mem_answer,
+             "gen_answer": ex.gen_answer}
+            for g, group in enumerate(b.labelled.groups) for k, ex in enumerate(group)]
+    import pandas as pd  # noqa: PLC0415
+
+    run.log_table(pd.DataFrame(rows), "behavior/outputs.parquet")
+    if analysis.neurons is not None:
+        run.log_table(analysis.neurons.table, "neurons/neurons.parquet")
+        run.log_figure(abs_r_heatmap(analysis.neurons.table), "neurons/abs_r_heatmap.png")
+        run.log_dict(analysis.neurons.chance, "neurons/shuffle_control.json")
+    if analysis.probes is not None:
+        run.log_table(analysis.probes.table, "probes/probes.csv")
+        run.log_figure(probe_accuracy_by_layer(analysis.probes), "probes/accuracy_by_layer.png")
+        run.set_tags(analysis.probes.tags())
+    if analysis.steering is not None:
+        run.log_table(analysis.steering.table(), "steering/transitions.csv")
+        run.log_table(analysis.steering.items, "steering/items.parquet")
+    if analysis.grid is not None and len(analysis.grid):
+        run.log_table(analysis.grid, "steering/grid.csv")
+        run.log_figure(success_vs_alpha(analysis.grid), "steering/success_vs_alpha.png")
+    if analysis.consistency is not None:
+        run.log_table(analysis.consistency.table(), "consistency/intra.csv")
+
+
+def log_overlap_matrix(run: TrackedRun, matrix, expected=None) -> None:
+    """The task-by-task overlap table and heatmap (inter-task consistency)."""
+    run.log_table(matrix.reset_index(names="task"), "consistency/inter_jaccard.csv")
+    run.log_figure(overlap_matrix_figure(matrix, expected), "consistency/inter_jaccard.png")
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:5.1f}%"
+
+
+def summary(analysis: Analysis, top: int = 10) -> str:
+    """A few lines a researcher reads first: pairs, top neurons, probes, steering, consistency."""
+    m = analysis.metrics
+    lines = ["", "== behavior on the conflict set ==",
+             f"variants {int(m['behavior/n_variants'])}: MEM {_pct(m['behavior/mem_rate'])}  "
+             f"GEN {_pct(m['behavior/gen_rate'])}  OTHER {_pct(m['behavior/other_rate'])}",
+             f"pairs (MEM vs GEN on perturbations of one example): {int(m['pairs/n'])} "
+             f"from {int(m['pairs/n_examples_with_pairs'])} examples; selection items "
+             f"{int(m['pairs/n_selection_items'])}, evaluation items "
+             f"{int(m['pairs/n_evaluation_items'])}"]
+    if analysis.neurons is not None:
+        n = analysis.neurons
+        lines += ["", f"== top neurons by |r| (of {len(n.table)}; selected "
+                      f"{len(n.selection)}; chance max |r| q95 = {n.chance['max_abs_r_q']:.3f}) =="]
+        cols = ["rank", "site", "index", "r", "nmd", "mean_mem", "mean_gen"]
+        lines.append(n.table[cols].head(top).to_string(index=False, float_format="%.3f"))
+    if analysis.probes is not None:
+        p = analysis.probes
+        lines += ["", "== probes (trained on selection, scored on evaluation) ==",
+                  f"best site {p.best_site}: acc {p.best_acc:.3f}   input-only (resid.0) "
+                  f"{_fmt(p.input_only_acc)}   shuffled labels {p.shuffled_acc:.3f}   "
+                  f"majority {p.majority_acc:.3f}   top-k neurons {_fmt(p.topk_acc)}"]
+    if analysis.steering is not None:
+        s = analysis.steering
+        lines += ["", f"== steering (k={s.k}, alpha={s.alpha:g}) on the evaluation split =="]
+        for direction in ("to_gen", "to_mem"):
+            t = s.selected.get(direction)
+            if t is None:
+                continue
+            low, high = t.ci
+            row = (f"{direction}: success {_pct(t.success)} [{_pct(low)}, {_pct(high)}] "
+                   f"of {t.n}")
+            for name, by_direction in s.controls.items():
+                row += f" | {name} {_pct(by_direction[direction].success)}"
+            lines.append(row)
+        if "side/clean_acc_drop" in m:
+            lines.append(f"clean inputs: accuracy {_pct(m['side/clean_acc'])} -> "
+                         f"{_pct(m['side/clean_acc_steered'])} (worst direction), "
+                         f"KL {m['side/kl']:.4f}")
+    if analysis.consistency is not None:
+        o = analysis.consistency.overlap
+        lines += ["", "== intra-task consistency (disjoint halves of the pairs) ==",
+                  f"jaccard {o.jaccard:.3f} vs chance {o.expected_jaccard:.3f} "
+                  f"(enrichment {o.enrichment:.1f}x, p={o.p_value:.2g}); "
+                  f"r correlation {analysis.consistency.r_corr:.3f}"]
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
