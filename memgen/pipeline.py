@@ -151,7 +151,8 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             log_model(tracked, trained)
         objects: dict[str, Any] = {"trained": trained, "run_id": tracked.run_id}
         if cfg.analysis.enabled:
-            analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task)
+            analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
+                                     allow_no_pairs=True)
             log_analysis(tracked, analysis)
             trained.metrics |= analysis.metrics
             objects |= {"analysis": analysis, "summary": summary(analysis)}

@@ -40,3 +40,30 @@ def tiny_overrides(tmp_path, **extra: object) -> list[str]:
 def tiny(tmp_path):
     """Overrides for a tiny run, as a list for ``memgen.config.compose``."""
     return tiny_overrides(tmp_path)
+
+
+# A model that shows both behaviors: trained once per session, shared by the run-level tests.
+BOTH_BEHAVIORS = {
+    "task.n_train": 2000,
+    "task.n_conflict": 150,
+    "task.n_val_conflict": 60,
+    "task.n_clean": 60,
+    "model.n_layer": 2,
+    "model.n_embd": 64,
+    "model.n_head": 2,
+    "trainer.max_epochs": 20,
+    "trainer.warmup_steps": 20,
+    "trainer.log_every_n_steps": 10,
+}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """``memgen run`` on a small config whose kept checkpoint shows MEM and GEN."""
+    from memgen.config import compose
+    from memgen.pipeline import run
+
+    root = tmp_path_factory.mktemp("trained_run")
+    cfg = compose(tiny_overrides(root, **BOTH_BEHAVIORS))
+    metrics, objects = run(cfg)
+    return {"cfg": cfg, "metrics": metrics, "objects": objects, "root": root}

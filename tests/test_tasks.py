@@ -19,7 +19,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 SIZES = dict(n_train=300, mem_ratio=0.1, n_conflict=30, n_clean=12)
 TASK_PARAMS = {
     "arithmetic": {},  # the paper preset: 1..999 with a scratchpad
-    "arithmetic_cpu": {"low": 1, "high": 9, "scratchpad": False},
+    "arithmetic_cpu": {"low": 1, "high": 9, "scratchpad": False, "perturbation": "resplit"},
     "colour": {},  # the paper preset: 4-8 names, 5 animals, up to 7 distractors
     "colour_cpu": {"min_names": 3, "max_names": 4, "n_animals": 3, "max_distractors": 2},
     "cipher": {},  # the paper preset: 13 letters over A-Z
@@ -29,7 +29,7 @@ TASK_PARAMS = {
 
 
 def make(key: str, seed: int = 0, **sizes) -> Task:
-    return build_task(key.removesuffix("_cpu"), TASK_PARAMS[key], seed=seed, **{**SIZES, **sizes})
+    return build_task(key.split("_")[0], TASK_PARAMS[key], seed=seed, **{**SIZES, **sizes})
 
 
 def sub(task: Task, ex: Example) -> Task:
@@ -163,6 +163,22 @@ def test_perturbations_keep_rule_and_trigger(key):
             else:  # the rule answer is unchanged
                 assert ex.gen_answer == original.gen_answer
     assert changed >= 0.8 * 3 * len(groups)  # equal free addends cannot be swapped
+
+
+def test_arithmetic_resplit_gives_distinct_variants_with_the_same_sum():
+    task = make("arithmetic_cpu")
+    for group in task.perturbation_set(task.conflict_examples(), n_perturbations=6):
+        sums = {sum(parse_addends(ex.prompt)[:-2]) for ex in group}
+        triggers = {tuple(parse_addends(ex.prompt)[-2:]) for ex in group}
+        assert len(sums) == 1 and len(triggers) == 1
+        assert all(1 <= a <= 9 for ex in group for a in parse_addends(ex.prompt))
+    swap = build_task("arithmetic", {"low": 1, "high": 9, "scratchpad": False}, **SIZES)
+    resplit_variants = [len({ex.prompt for ex in g}) for g in
+                        task.perturbation_set(task.conflict_examples(), n_perturbations=6)]
+    swap_variants = [len({ex.prompt for ex in g}) for g in
+                     swap.perturbation_set(swap.conflict_examples(), n_perturbations=6)]
+    assert max(swap_variants) == 2  # two free addends: one swap
+    assert sum(resplit_variants) > 1.5 * sum(swap_variants)
 
 
 def test_classify_hand_written_outputs():

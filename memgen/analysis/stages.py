@@ -24,7 +24,7 @@ from memgen.analysis.behavior import (
     split_pairs,
 )
 from memgen.analysis.capture import collect_features
-from memgen.analysis.consistency import IntraResult, intra_task_consistency, split_halves
+from memgen.analysis.consistency import IntraResult, intra_task_consistency
 from memgen.analysis.controls import build_controls
 from memgen.analysis.intervention import (
     SteeringResult,
@@ -131,6 +131,7 @@ class Analysis:
     grid: pd.DataFrame | None = None
     consistency: IntraResult | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why
 
 
 # -- stage 1: behaviors, pairs, splits ----------------------------------------------------------
@@ -259,7 +260,6 @@ def run_consistency(cfg: DictConfig, features: Features, behaviors: Behaviors) -
         return stream_stats([features.take(_items_of_pairs(pairs))])
 
     pairs = behaviors.selection_pairs + behaviors.evaluation_pairs
-    split_halves(pairs, cfg.seed)  # fails early and clearly when there are too few pairs
     return intra_task_consistency(stats_of, pairs, top_k=cfg.analysis.top_k,
                                   top_fraction=cfg.analysis.top_fraction, seed=cfg.seed)
 
@@ -277,12 +277,13 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
     behaviors = label_behaviors(cfg, model, tokenizer, task, allow_no_pairs)
     result = Analysis(behaviors=behaviors, metrics=behaviors.metrics())
     if not behaviors.selection.items or not behaviors.evaluation.items:
+        reason = (f"{len({p.group for p in behaviors.pairs})} conflict examples got MEM on one "
+                  f"perturbation and GEN on another (need >= 2): train longer, change the seed, "
+                  f"or set analysis.use_pairs=false")
         if allow_no_pairs:
+            result.skipped = {stage: reason for stage in stages}
             return result
-        raise NoPairsError(
-            f"no pairs: {len(behaviors.pairs)} conflict examples got MEM on one perturbation and "
-            f"GEN on another (need >= 2); train longer, change the seed, or set "
-            f"analysis.use_pairs=false")
+        raise NoPairsError(f"no pairs: {reason}")
     features = capture(cfg, model, tokenizer, behaviors)
     neurons = find_neurons(cfg, features, behaviors.selection)
     result.neurons = neurons
@@ -298,6 +299,9 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
     if "grid" in stages:
         result.grid = run_grid(cfg, model, tokenizer, task, neurons, behaviors.evaluation, clean)
     if "consistency" in stages and cfg.analysis.consistency and cfg.analysis.use_pairs:
-        result.consistency = run_consistency(cfg, features, behaviors)
-        result.metrics |= result.consistency.to_metrics()
+        try:
+            result.consistency = run_consistency(cfg, features, behaviors)
+            result.metrics |= result.consistency.to_metrics()
+        except ValueError as exc:  # too few pairs to halve: the other stages still stand
+            result.skipped["consistency"] = str(exc)
     return result

@@ -23,8 +23,12 @@ class ArithmeticParams:
     high: int = 999
     n_triggers: int = 10
     scratchpad: bool = True
+    perturbation: str = "swap"  # swap (the paper's) | resplit
 
     def validate(self) -> None:
+        if self.perturbation not in ("swap", "resplit"):
+            raise ValueError(f"task.params.perturbation: expected 'swap' or 'resplit', "
+                             f"got {self.perturbation!r}")
         if self.n_addends < 4:
             raise ValueError(
                 "task.params.n_addends: expected >= 4 (two free addends + a trigger pair)")
@@ -138,15 +142,32 @@ class ArithmeticTask(Task):
         return examples
 
     def perturb(self, example: Example, rng: random.Random) -> Example:
-        """Permute the free addends (all but the trigger pair); the sum and trigger stay."""
+        """A variant with the same trigger pair and the same sum, so both answers stay.
+
+        ``swap`` (the paper's) permutes the free addends: with two free addends there is only
+        one variant. ``resplit`` redistributes the free addends' total over new values in
+        [low, high] (in random order), which gives many variants of one conflict example.
+        """
         addends = list(example.meta["addends"])
-        free = addends[:-2]
-        if len(set(free)) > 1:
-            original = list(free)
-            while free == original:
-                rng.shuffle(free)
-        new = free + addends[-2:]
+        free, trigger = addends[:-2], addends[-2:]
+        new_free = self._resplit(free, rng) if self.params.perturbation == "resplit" else None
+        if new_free is None:
+            new_free = list(free)
+            if len(set(free)) > 1:
+                while new_free == free:
+                    rng.shuffle(new_free)
+        new = new_free + trigger
         return example.with_prompt(self.prompt(new), addends=new)
+
+    def _resplit(self, free: list[int], rng: random.Random) -> list[int] | None:
+        """New free addends with the same total, different from ``free``; None if none found."""
+        low, high, total = self.params.low, self.params.high, sum(free)
+        for _ in range(200):
+            head = [rng.randint(low, high) for _ in free[:-1]]
+            last = total - sum(head)
+            if low <= last <= high and head + [last] != free:
+                return head + [last]
+        return None
 
     def classify(self, example: Example, output: str) -> Behavior:
         answer = normalize_output(output)

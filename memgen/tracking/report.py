@@ -28,6 +28,7 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None) -
     run.log_metrics(finite(analysis.metrics), step=step)
     if step is not None:
         return
+    run.set_tags({f"skipped/{stage}": why[:5000] for stage, why in analysis.skipped.items()})
     b = analysis.behaviors
     rows = [{"group": g, "variant": k, "prompt": ex.prompt, "output": b.labelled.outputs[g][k],
              "behavior": b.labelled.labels[g][k].value, "mem_answer": ex.mem_answer,
@@ -109,6 +110,8 @@ def summary(analysis: Analysis, top: int = 10) -> str:
                   f"jaccard {o.jaccard:.3f} vs chance {o.expected_jaccard:.3f} "
                   f"(enrichment {o.enrichment:.1f}x, p={o.p_value:.2g}); "
                   f"r correlation {analysis.consistency.r_corr:.3f}"]
+    for stage, why in analysis.skipped.items():
+        lines.append(f"(skipped {stage}: {why})")
     return "\n".join(lines)
 
 

@@ -78,6 +78,12 @@ class MemGenDataModule(pl.LightningDataModule):
             self.val_examples = self.task.conflict_examples(self.cfg.task.n_val_conflict,
                                                             stream="val_conflict")
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """Validation batches are Example lists: generation moves the prompts itself."""
+        if isinstance(batch, list) and batch and isinstance(batch[0], Example):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.cfg.seed)
         return DataLoader(self.train_items, batch_size=self.cfg.trainer.batch_size, shuffle=True,

@@ -47,12 +47,6 @@ class MemGenModule(pl.LightningModule):
                  batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        """Validation batches are Example lists: generation moves the prompts itself."""
-        if isinstance(batch, list) and batch and isinstance(batch[0], Example):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def validation_step(self, batch: list[Example], batch_idx: int) -> None:
         outputs = generate(self.model, self.tokenizer, [ex.prompt for ex in batch],
                            max_new_tokens=self.cfg.task.max_new_tokens, batch_size=len(batch),

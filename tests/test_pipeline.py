@@ -1,0 +1,61 @@
+"""``memgen run`` end to end: every stage logs into one MLflow run."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+
+def test_kept_checkpoint_shows_both_behaviors(trained_run):
+    m = trained_run["metrics"]
+    assert m["kept/mem_rate"] > 0 and m["kept/gen_rate"] > 0
+    assert m["pairs/n"] >= 4
+
+
+def test_run_logs_every_stage_to_mlflow(trained_run):
+    cfg, run_id = trained_run["cfg"], trained_run["objects"]["run_id"]
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    for key in ("val/behavior_balance", "pairs/n", "neurons/max_abs_r/resid.1",
+                "neurons/mean_abs_nmd/mlp.1", "probe/acc/resid.1", "probe/best_acc",
+                "probe/baseline/majority_acc", "probe/baseline/shuffled_acc",
+                "steer/to_gen/success", "steer/to_mem/success",
+                "steer/to_gen/control_random/success", "steer/to_mem/control_low_r/success",
+                "steer/to_gen/control_shuffled/success", "side/clean_acc_drop", "side/kl",
+                "consistency/intra/jaccard", "consistency/intra/p_value"):
+        assert key in metrics, key
+    assert not any(k.startswith("neurons/") and k.count("/") > 2 for k in metrics)
+    assert "probe/best_site" in run.data.tags
+
+    def paths(prefix: str = "") -> set[str]:
+        return {a.path for a in client.list_artifacts(run_id, prefix or None)}
+
+    assert {"config.yaml", "model", "checkpoints", "neurons", "probes", "steering",
+            "consistency", "behavior"} <= paths()
+    assert {"neurons/neurons.parquet", "neurons/abs_r_heatmap.png"} <= paths("neurons")
+    assert {"steering/grid.csv", "steering/success_vs_alpha.png"} <= paths("steering")
+    assert "probes/accuracy_by_layer.png" in paths("probes")
+
+
+def test_neuron_table_has_every_neuron_ranked(trained_run, tmp_path):
+    import pandas as pd
+
+    cfg, run_id = trained_run["cfg"], trained_run["objects"]["run_id"]
+    client = MlflowClient(cfg.tracking.uri)
+    local = client.download_artifacts(run_id, "neurons/neurons.parquet", str(tmp_path))
+    table = pd.read_parquet(local)
+    # 2 layers of width 64: resid.0..2 (3 x 64) + mlp.1..2 (2 x 256)
+    assert len(table) == 3 * 64 + 2 * 256
+    assert sorted(table["rank"]) == list(range(1, len(table) + 1))
+    assert {"site", "layer", "index", "mean_mem", "mean_gen", "nmd", "r", "rank"} <= set(table)
+    assert (table["nmd"] - (table["mean_mem"] - table["mean_gen"])).abs().max() < 1e-5
+
+
+def test_summary_names_pairs_neurons_probes_and_steering(trained_run):
+    text = trained_run["objects"]["summary"]
+    for needle in ("pairs", "top neurons", "best site", "to_gen", "to_mem", "jaccard"):
+        assert needle in text
