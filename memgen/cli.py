@@ -6,12 +6,14 @@ Bad input exits with code 2 and one line on stderr before any run is created.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
 from collections.abc import Sequence
 
 from memgen.config import ConfigError, compose
+from memgen.errors import NonFiniteLossError
 
 COMMANDS = {
     "run": "train, then find neurons, probe, steer and check consistency (the main job)",
@@ -65,8 +67,13 @@ def print_summary(metrics: dict[str, float], run_id: str, cfg) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
     try:
         cfg = compose(args.overrides)
+        if cfg.resume:
+            from memgen.tracking.load import resumed_config  # noqa: PLC0415
+
+            cfg = resumed_config(cfg, args.overrides)
         if args.command == "ui":
             env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             os.execvpe(sys.executable, ui_command(cfg, args.port), env)
@@ -85,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"memgen: error: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as exc:
+        print(f"memgen: error: {exc} (the run is marked FAILED)", file=sys.stderr)
+        return 1
     if "summary" in objects:
         print(objects["summary"])
     print_summary(metrics, objects.get("run_id", ""), cfg)

@@ -16,13 +16,15 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from memgen.analysis.sites import resolve_sites, site_width
 from memgen.analysis.stages import analyse_model
+from memgen.config import ConfigError
 from memgen.tasks import Task
 from memgen.tracking.callbacks import AnalysisCallback
 from memgen.tracking.lightning import make_checkpoints, make_logger
 from memgen.tracking.report import log_analysis, summary
 from memgen.tracking.run import TrackedRun, tracked_run
-from memgen.tracking.store import check_store
+from memgen.tracking.store import check_store, tracking_uri
 from memgen.training.checkpoints import load_module_weights
 from memgen.training.data import MemGenDataModule, make_task, task_tokenizer
 from memgen.training.models import build_scratch_model, count_parameters
@@ -46,12 +48,19 @@ class Trained:
 
 
 def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
-    """Task, tokenizer and model from the config: all validation happens before a run exists."""
-    check_store(cfg)
+    """Task, tokenizer and model from the config: all validation happens before a run exists.
+
+    Bad task files, a missing model directory, unknown sites, a ``top_k`` larger than the
+    model's neuron count, an unreachable or unwritable store: each is a :class:`ConfigError`
+    here, before any training and before anything is written to the store.
+    """
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    task = make_task(cfg)
+    try:
+        task = make_task(cfg)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
     if cfg.model.kind == "lora":
         from memgen.training.lora import build_lora_model  # noqa: PLC0415 - optional path
 
@@ -59,7 +68,23 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
     else:
         tokenizer = task_tokenizer(task)
         model = build_scratch_model(cfg, tokenizer)
+    check_analysis(cfg, model)
+    check_store(cfg)
     return task, tokenizer, model
+
+
+def check_analysis(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """Sites exist on this model and every ``top_k`` fits its neuron count."""
+    try:
+        sites = resolve_sites(model, list(cfg.analysis.sites))
+    except ValueError as exc:
+        raise ConfigError(f"analysis.sites: {exc}") from None
+    total = sum(site_width(model, site) for site in sites)
+    for key, value in (("analysis.top_k", cfg.analysis.top_k),
+                       ("analysis.steering.top_k", cfg.analysis.steering.top_k)):
+        if value is not None and value > total:
+            raise ConfigError(f"{key}: expected at most the {total} neurons of sites "
+                              f"{list(cfg.analysis.sites)}, got {value}")
 
 
 def analysis_callbacks(cfg: DictConfig, run: TrackedRun) -> list[pl.Callback]:
@@ -92,7 +117,12 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         check_val_every_n_epoch=tr.check_val_every_n_epoch, log_every_n_steps=tr.log_every_n_steps,
         limit_train_batches=tr.limit_train_batches, default_root_dir=cfg.output_dir,
         num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException:
+        if cfg.tracking.log_checkpoints and ckpt_dir.exists():  # a crash keeps what it had
+            run.log_artifacts(ckpt_dir, "checkpoints")
+        raise
     best_path = best.best_model_path or None
     if best_path:
         load_module_weights(module, best_path)
@@ -126,11 +156,35 @@ def kept_checkpoint_rates(cfg: DictConfig, trained: Trained) -> dict[str, float]
     return {f"kept/{b.value.lower()}_rate": sum(lab == b for lab in labels) / n for b in Behavior}
 
 
+def resume_checkpoint(cfg: DictConfig, run_id: str) -> str:
+    """The newest checkpoint of a run: its local checkpoint dir, else its logged artifacts."""
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    client = MlflowClient(tracking_uri(cfg))
+    try:
+        params = client.get_run(run_id).data.params
+    except Exception:  # noqa: BLE001 - any lookup failure means: no such run here
+        raise ConfigError(f"resume: no run '{run_id}' in {tracking_uri(cfg)}") from None
+    folder = Path(params.get("checkpoint_dir", ""))
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.name else []
+    if not found:
+        try:
+            local = client.download_artifacts(run_id, "checkpoints", tempfile.mkdtemp())
+            found = sorted(Path(local).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        except Exception:  # noqa: BLE001
+            found = []
+    if not found:
+        raise ConfigError(f"resume: run '{run_id}' has no checkpoint (looked in {folder} and in "
+                          f"its 'checkpoints' artifacts)")
+    return str(found[-1])
+
+
 def train(cfg: DictConfig, command: str = "train") -> tuple[dict[str, float], dict[str, Any]]:
-    """Train one model in one tracked run; returns (metrics, objects)."""
+    """Train one model in one tracked run (or continue ``resume``'s); returns (metrics, objects)."""
+    ckpt_path = resume_checkpoint(cfg, cfg.resume) if cfg.resume else None
     task, tokenizer, model = prepare(cfg)
-    with tracked_run(cfg, command) as run:
-        trained = fit(cfg, run, task, tokenizer, model)
+    with tracked_run(cfg, command, run_id=cfg.resume) as run:
+        trained = fit(cfg, run, task, tokenizer, model, ckpt_path=ckpt_path)
         rates = kept_checkpoint_rates(cfg, trained)
         run.log_metrics(rates)
         trained.metrics |= rates
@@ -141,9 +195,10 @@ def train(cfg: DictConfig, command: str = "train") -> tuple[dict[str, float], di
 
 def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """The main job: train, then analyse the kept checkpoint, all in one run."""
+    ckpt_path = resume_checkpoint(cfg, cfg.resume) if cfg.resume else None
     task, tokenizer, model = prepare(cfg)
-    with tracked_run(cfg, "run") as tracked:
-        trained = fit(cfg, tracked, task, tokenizer, model)
+    with tracked_run(cfg, "run", run_id=cfg.resume) as tracked:
+        trained = fit(cfg, tracked, task, tokenizer, model, ckpt_path=ckpt_path)
         rates = kept_checkpoint_rates(cfg, trained)
         tracked.log_metrics(rates)
         trained.metrics |= rates

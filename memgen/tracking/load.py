@@ -74,3 +74,24 @@ def load_run(client: MlflowClient, run_id: str, device: str = "cpu") -> LoadedRu
     else:
         model = AutoModelForCausalLM.from_pretrained(local)
     return LoadedRun(run_id, cfg, model.to(device).eval(), tokenizer, make_task(cfg))
+
+
+def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config of run ``cfg.resume`` with this command's ``key=value`` overrides on top.
+
+    A resumed run continues the same experiment, so its stored config wins over today's
+    defaults; only what the command line names explicitly (e.g. a longer ``max_epochs``)
+    changes. Tracking settings always come from the command, which knows where the store is.
+    """
+    from memgen.tracking.store import tracking_uri  # noqa: PLC0415
+
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ConfigError(f"resume: no run '{cfg.resume}' (the store {uri} does not exist)")
+    client = MlflowClient(uri)
+    stored = run_config(client, cfg.resume)
+    dotlist = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
+               and "." in o.split("=", 1)[0] or o.startswith(("seed=", "output_dir="))]
+    merged = OmegaConf.merge(stored, OmegaConf.from_dotlist(dotlist),
+                             {"resume": cfg.resume, "tracking": cfg.tracking})
+    return to_schema(merged)

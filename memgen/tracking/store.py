@@ -43,6 +43,7 @@ def check_store(cfg: DictConfig, timeout_s: float = 5.0) -> None:
             raise ConfigError(f"tracking.uri: cannot create {folder} ({exc.strerror})") from None
         if not os.access(folder, os.W_OK):
             raise ConfigError(f"tracking.uri: {folder} is not writable")
+        init_sqlite(uri, folder / ".mlflow-init.lock")
     elif parsed.scheme in ("http", "https"):
         import urllib.request
 
@@ -58,3 +59,24 @@ def check_store(cfg: DictConfig, timeout_s: float = 5.0) -> None:
     else:
         raise ConfigError(f"tracking.uri: unsupported scheme {parsed.scheme!r} "
                           f"(expected sqlite, postgresql, mysql, http or https)")
+
+
+def init_sqlite(uri: str, lock_path: Path) -> None:
+    """Create or migrate the SQLite schema once, under a file lock.
+
+    Several processes opening a fresh store at once would each run MLflow's migrations and
+    collide; the first one does it while the others wait, then all just connect.
+    """
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    except OSError as exc:
+        raise ConfigError(f"tracking.uri: cannot open {uri} ({exc})") from None

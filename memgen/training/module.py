@@ -16,11 +16,8 @@ from torchmetrics import MeanMetric
 from transformers import get_linear_schedule_with_warmup
 
 from memgen.analysis.generation import generate
+from memgen.errors import NonFiniteLossError
 from memgen.tasks import Behavior, Example, Task
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN or Inf: stop with a clear message instead of training on garbage."""
 
 
 class MemGenModule(pl.LightningModule):
