@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -36,14 +37,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def ui_command(cfg, port: int) -> list[str]:
-    """The lean MLflow server: one worker, no background job runners, loopback only."""
+    """The lean MLflow server: one worker, no background job runners, loopback only.
+
+    Artifacts of new experiments are proxied (``--artifacts-destination``), so clients on other
+    machines can log them; experiments made on the local store keep their local paths.
+    """
     from memgen.tracking.store import artifact_root, tracking_uri  # noqa: PLC0415
 
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(cfg),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     root = artifact_root(cfg)
     if root:
-        cmd += ["--default-artifact-root", root]
+        cmd += ["--artifacts-destination", root]
     return cmd
 
 
@@ -68,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
+    # Ctrl-C must reach the run even when the parent shell started us with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cfg = compose(args.overrides)
         if cfg.resume:

@@ -28,7 +28,9 @@ def artifact_root(cfg: DictConfig) -> str | None:
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
-    return None
+    if urlparse(uri).scheme in ("http", "https"):
+        return None  # the server stores (and serves) artifacts
+    return (default_root() / "artifacts").as_uri()  # a database backend: local artifacts
 
 
 def check_store(cfg: DictConfig, timeout_s: float = 5.0) -> None:

@@ -1,0 +1,94 @@
+"""Server mode: `memgen ui` serves the store; a run logged over HTTP is readable over REST.
+PostgreSQL: the same run with a PostgreSQL backend (started by .ci/run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from memgen.cli import ui_command
+from memgen.config import compose
+from memgen.pipeline import train
+from tests.conftest import tiny_overrides
+from tests.test_reliability import _free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_ui_command_is_lean_and_local():
+    cmd = ui_command(compose(), 5000)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--workers") + 1] == "1"
+    assert cmd[cmd.index("--backend-store-uri") + 1].startswith("sqlite:///")
+    assert cmd[cmd.index("--backend-store-uri") + 1].endswith("mlruns/mlflow.db")
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    store = f"sqlite:///{tmp_path}/server/mlflow.db"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "memgen.cli", "ui", f"tracking.uri={store}",
+         f"tracking.artifact_root={tmp_path}/server/artifacts", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(process.stderr.read()[-2000:]) from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_run_against_a_real_server_is_readable_over_rest(server, tmp_path):
+    cfg = compose(tiny_overrides(tmp_path, **{"tracking.uri": server, "trainer.max_epochs": 1}))
+    _, objects = train(cfg)
+    run_id = objects["run_id"]
+    run = _get(f"{server}/api/2.0/mlflow/runs/get?run_id={run_id}")["run"]
+    assert run["info"]["status"] == "FINISHED"
+    metrics = {m["key"] for m in run["data"]["metrics"]}
+    assert {"val/mem_rate", "val/behavior_balance", "train/loss_epoch"} <= metrics
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["trainer.max_epochs"] == "1"
+    files = {f["path"] for f in _get(f"{server}/api/2.0/mlflow/artifacts/list?run_id={run_id}")
+             .get("files", [])}
+    assert {"config.yaml", "model"} <= files
+    history = _get(f"{server}/api/2.0/mlflow/metrics/get-history?run_id={run_id}"
+                   f"&metric_key=train/loss_step")["metrics"]
+    assert len(history) >= 7
+
+
+POSTGRES = os.environ.get("MEMGEN_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(not POSTGRES, reason="MEMGEN_TEST_POSTGRES_URL not set (.ci/run sets it)")
+def test_postgresql_backend_records_the_run(tmp_path):
+    cfg = compose(tiny_overrides(tmp_path, **{"tracking.uri": POSTGRES,
+                                              "tracking.experiment": f"pg-{tmp_path.name}",
+                                              "tracking.artifact_root": tmp_path / "artifacts",
+                                              "trainer.max_epochs": 1}))
+    _, objects = train(cfg)
+    run = MlflowClient(POSTGRES).get_run(objects["run_id"])
+    assert run.info.status == "FINISHED"
+    assert "val/mem_rate" in run.data.metrics
+    assert "model" in {a.path for a in MlflowClient(POSTGRES).list_artifacts(run.info.run_id)}
