@@ -24,7 +24,14 @@ from memgen.analysis.behavior import (
     split_pairs,
 )
 from memgen.analysis.capture import collect_features
-from memgen.analysis.consistency import IntraResult, intra_task_consistency
+from memgen.analysis.consistency import (
+    IntraResult,
+    inter_metrics,
+    inter_task_consistency,
+    intra_task_consistency,
+    overlap_matrix,
+    site_widths,
+)
 from memgen.analysis.controls import build_controls
 from memgen.analysis.intervention import (
     SteeringResult,
@@ -121,6 +128,22 @@ class Features:
 
 
 @dataclass
+class InterTask:
+    """Stage 6 (mixtures): each sub-task's neurons on one shared model, compared."""
+
+    selections: dict[str, NeuronSelection]
+    jaccard: pd.DataFrame  # task x task
+    expected: pd.DataFrame  # chance jaccard, same shape
+    cross_steering: pd.DataFrame  # rows: source task, target task, direction, success, n
+
+    def metrics(self, overlaps) -> dict[str, float]:
+        out = inter_metrics(overlaps)
+        for row in self.cross_steering.itertuples(index=False):
+            out[f"steer/cross/{row.source}_to_{row.target}/{row.direction}/success"] = row.success
+        return out
+
+
+@dataclass
 class Analysis:
     """Everything the stages produced; ``summary()`` is what ``memgen run`` prints."""
 
@@ -130,6 +153,7 @@ class Analysis:
     steering: SteeringResult | None = None
     grid: pd.DataFrame | None = None
     consistency: IntraResult | None = None
+    inter: InterTask | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why
 
@@ -264,6 +288,51 @@ def run_consistency(cfg: DictConfig, features: Features, behaviors: Behaviors) -
                                   top_fraction=cfg.analysis.top_fraction, seed=cfg.seed)
 
 
+def run_inter_task(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
+                   behaviors: Behaviors) -> tuple[InterTask, dict[str, float]]:
+    """Per sub-task selections on the shared model, their overlap against chance, and
+    cross-task steering: neurons selected on task A steer task B's evaluation items."""
+    names = list(getattr(task, "subtasks", {}))
+    if len(names) < 2:
+        raise ValueError(f"inter-task consistency needs a task=mixture of >= 2 tasks that share "
+                         f"one model; got task '{task.name}'")
+    labelled = behaviors.labelled
+    stats_by_task, evaluation = {}, {}
+    for name in names:
+        sel_items = [it for it in behaviors.selection.items
+                     if labelled.groups[it[0]][it[1]].task == name]
+        eval_items = [it for it in behaviors.evaluation.items
+                      if labelled.groups[it[0]][it[1]].task == name]
+        x, y = features.take(sel_items) if sel_items else ({}, torch.tensor([]))
+        if not sel_items or y.min() == y.max():
+            continue  # this sub-task showed only one behavior: it has no neurons to compare
+        stats_by_task[name] = stream_stats([(x, y)])
+        evaluation[name] = _split(labelled, eval_items)
+    if len(stats_by_task) < 2:
+        raise ValueError(f"inter-task consistency: only {sorted(stats_by_task)} showed both "
+                         f"behaviors; need >= 2 sub-tasks with pairs")
+    a = cfg.analysis
+    selections = {name: select_neurons(st, top_k=a.top_k, top_fraction=a.top_fraction)
+                  for name, st in stats_by_task.items()}
+    jaccard, overlaps = inter_task_consistency(
+        selections, universes={n: site_widths(st) for n, st in stats_by_task.items()})
+    expected = overlap_matrix(list(selections), overlaps, "expected_jaccard")
+    rows = []
+    for source, selection in selections.items():
+        for target, split in evaluation.items():
+            if not split.items:
+                continue
+            result = evaluate_steering(model, tokenizer, task, split.examples, split.behaviors,
+                                       selection, a.steering.alpha, cfg.task.max_new_tokens,
+                                       a.batch_size, num_beams=cfg.trainer.num_beams,
+                                       last_prompt_only=a.steering.last_prompt_only)
+            for direction, t in result.selected.items():
+                rows.append({"source": source, "target": target, "direction": direction,
+                             "success": t.success, "n": t.n})
+    inter = InterTask(selections, jaccard, expected, pd.DataFrame(rows))
+    return inter, inter.metrics(overlaps)
+
+
 def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
                   stages: tuple[str, ...] = ("neurons", "probes", "steering", "grid",
                                              "consistency"),
@@ -304,4 +373,11 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
             result.metrics |= result.consistency.to_metrics()
         except ValueError as exc:  # too few pairs to halve: the other stages still stand
             result.skipped["consistency"] = str(exc)
+    if "consistency" in stages and cfg.analysis.consistency and hasattr(task, "subtasks"):
+        try:
+            result.inter, inter_metrics_ = run_inter_task(cfg, model, tokenizer, task, features,
+                                                          behaviors)
+            result.metrics |= inter_metrics_
+        except ValueError as exc:
+            result.skipped["inter_task"] = str(exc)
     return result

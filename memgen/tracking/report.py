@@ -53,6 +53,9 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None) -
         run.log_figure(success_vs_alpha(analysis.grid), "steering/success_vs_alpha.png")
     if analysis.consistency is not None:
         run.log_table(analysis.consistency.table(), "consistency/intra.csv")
+    if analysis.inter is not None:
+        log_overlap_matrix(run, analysis.inter.jaccard, analysis.inter.expected)
+        run.log_table(analysis.inter.cross_steering, "consistency/cross_steering.csv")
 
 
 def log_overlap_matrix(run: TrackedRun, matrix, expected=None) -> None:
@@ -110,6 +113,18 @@ def summary(analysis: Analysis, top: int = 10) -> str:
                   f"jaccard {o.jaccard:.3f} vs chance {o.expected_jaccard:.3f} "
                   f"(enrichment {o.enrichment:.1f}x, p={o.p_value:.2g}); "
                   f"r correlation {analysis.consistency.r_corr:.3f}"]
+    if analysis.inter is not None:
+        lines += ["", "== inter-task consistency (one model, several tasks) ==",
+                  "jaccard (chance in brackets):"]
+        j, e = analysis.inter.jaccard, analysis.inter.expected
+        for a in j.index:
+            lines.append(f"  {a:>12}: " + "  ".join(
+                f"{b} {j.loc[a, b]:.3f} [{e.loc[a, b]:.3f}]" for b in j.columns if b != a))
+        cross = analysis.inter.cross_steering
+        if len(cross):
+            lines.append("cross-task steering success (source neurons -> target items):")
+            lines.append(cross.pivot_table(index=["source", "direction"], columns="target",
+                                           values="success").to_string(float_format="%.2f"))
     for stage, why in analysis.skipped.items():
         lines.append(f"(skipped {stage}: {why})")
     return "\n".join(lines)
