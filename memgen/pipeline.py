@@ -40,6 +40,7 @@ class Trained:
     tokenizer: Any
     run_id: str
     best_checkpoint: str | None
+    epochs_done: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -132,7 +133,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     run.set_tags({"best_checkpoint": best_path or ""})
     if cfg.tracking.log_checkpoints and ckpt_dir.exists():
         run.log_artifacts(ckpt_dir, "checkpoints")
-    return Trained(module, task, tokenizer, run.run_id, best_path, metrics)
+    return Trained(module, task, tokenizer, run.run_id, best_path, trainer.current_epoch, metrics)
 
 
 def log_model(run: TrackedRun, trained: Trained) -> None:
@@ -208,7 +209,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if cfg.analysis.enabled:
             analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
                                      allow_no_pairs=True)
-            log_analysis(tracked, analysis)
+            log_analysis(tracked, analysis, step=trained.epochs_done)
             trained.metrics |= analysis.metrics
             objects |= {"analysis": analysis, "summary": summary(analysis)}
     return trained.metrics, objects

@@ -54,6 +54,7 @@ BOTH_BEHAVIORS = {
     "trainer.max_epochs": 20,
     "trainer.warmup_steps": 20,
     "trainer.log_every_n_steps": 10,
+    "analysis.every_n_val_epochs": 5,  # the callbacks log neuron/probe/steering curves
 }
 
 

@@ -59,3 +59,42 @@ def test_summary_names_pairs_neurons_probes_and_steering(trained_run):
     text = trained_run["objects"]["summary"]
     for needle in ("pairs", "top neurons", "best site", "to_gen", "to_mem", "jaccard"):
         assert needle in text
+
+
+def test_callbacks_log_the_emergence_as_curves_by_epoch(trained_run):
+    cfg, run_id = trained_run["cfg"], trained_run["objects"]["run_id"]
+    client = MlflowClient(cfg.tracking.uri)
+    pair_counts = client.get_metric_history(run_id, "pairs/n")
+    # every 5th validation epoch, then the kept checkpoint's analysis after the last epoch
+    assert {m.step for m in pair_counts} == {4, 9, 14, 19, 20}
+    final = trained_run["metrics"]["pairs/n"]
+    assert client.get_run(run_id).data.metrics["pairs/n"] == final
+    curve = client.get_metric_history(run_id, "neurons/max_abs_r/resid.1")
+    assert len({m.step for m in curve}) >= 2  # pairs existed at some epoch during training
+    assert client.get_metric_history(run_id, "probe/best_acc")
+    assert client.get_metric_history(run_id, "steer/to_gen/success")
+
+
+def test_analysis_is_deterministic_on_one_model(trained_run):
+    from memgen.analysis.stages import analyse_model
+
+    cfg = trained_run["cfg"]
+    trained = trained_run["objects"]["trained"]
+    first = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
+                          stages=("neurons",))
+    second = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
+                           stages=("neurons",))
+    assert first.neurons.selection.keys() == second.neurons.selection.keys()
+    assert first.neurons.selection.keys() == trained_run["objects"]["analysis"].neurons \
+        .selection.keys()
+
+
+def test_inter_task_needs_a_mixture(trained_run):
+    from memgen.analysis.stages import capture, label_behaviors, run_inter_task
+
+    cfg = trained_run["cfg"]
+    trained = trained_run["objects"]["trained"]
+    behaviors = label_behaviors(cfg, trained.model, trained.tokenizer, trained.task)
+    features = capture(cfg, trained.model, trained.tokenizer, behaviors)
+    with pytest.raises(ValueError, match="task=mixture"):
+        run_inter_task(cfg, trained.model, trained.tokenizer, trained.task, features, behaviors)

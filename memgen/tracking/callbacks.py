@@ -37,7 +37,7 @@ class AnalysisCallback(pl.Callback):
             return
         analysis = analyse_model(self.cfg, pl_module.model, pl_module.tokenizer, pl_module.task,
                                  stages=self.stages, allow_no_pairs=True)
-        log_analysis(self.run, analysis, step=trainer.current_epoch)
+        log_analysis(self.run, analysis, step=trainer.current_epoch, artifacts=False)
         self.logged_epochs.append(trainer.current_epoch)
 
 

@@ -23,10 +23,15 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
             if v is not None and math.isfinite(float(v))}
 
 
-def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None) -> None:
-    """Metrics always; with ``step=None`` also tables and figures."""
+def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
+                 artifacts: bool = True) -> None:
+    """Metrics at ``step`` (a training epoch); with ``artifacts`` also tables and figures.
+
+    The final analysis of the kept checkpoint is logged at a step after every callback's, so
+    the MLflow run table (which shows each metric's value at its last step) shows it.
+    """
     run.log_metrics(finite(analysis.metrics), step=step)
-    if step is not None:
+    if not artifacts:
         return
     run.set_tags({f"skipped/{stage}": why[:5000] for stage, why in analysis.skipped.items()})
     b = analysis.behaviors
