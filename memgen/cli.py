@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             metrics, objects = sweep(cfg)
         elif args.command == "pretrain":
-            from memgen.training.pretrain import pretrain  # noqa: PLC0415
+            from memgen.pretrain import pretrain  # noqa: PLC0415
 
             metrics, objects = pretrain(cfg)
         else:

@@ -137,7 +137,16 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
 
 
 def log_model(run: TrackedRun, trained: Trained) -> None:
-    """The kept model and tokenizer via ``save_pretrained`` (safetensors): artifact ``model``."""
+    """The kept model and tokenizer via ``save_pretrained`` (safetensors): artifact ``model``.
+
+    A LoRA model logs its adapter (plus the merged model with ``model.log_merged``).
+    """
+    cfg = trained.module.cfg
+    if cfg.model.kind == "lora":
+        from memgen.training.lora import log_lora_artifacts  # noqa: PLC0415
+
+        log_lora_artifacts(run, trained.model, trained.tokenizer, cfg.model.log_merged)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         trained.model.save_pretrained(tmp)
         trained.tokenizer.save_pretrained(tmp)

@@ -188,7 +188,9 @@ def build_lora_model(cfg: DictConfig):
     check_tokenizer_covers(tokenizer, make_task(cfg))
     peft_model = wrap_lora(model, m.lora.r, m.lora.alpha, m.lora.dropout,
                            list(m.lora.target_modules))
-    return peft_model, tokenizer
+    # from_pretrained returns eval mode and Lightning keeps submodule modes: train, so that
+    # LoRA dropout is active like a scratch model's.
+    return peft_model.train(), tokenizer
 
 
 def is_lora_param(name: str) -> bool:

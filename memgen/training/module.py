@@ -30,6 +30,14 @@ class MemGenModule(pl.LightningModule):
         self.task = task
         self.cfg = cfg
         self.rates = torch.nn.ModuleDict({b.value: MeanMetric() for b in Behavior})
+        # a LoRA checkpoint holds the adapter only: the frozen base can be gigabytes
+        self.strict_loading = cfg.model.kind != "lora"
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.cfg.model.kind == "lora":
+            keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if k in keep}
 
     def forward(self, **batch):
         return self.model(**batch)

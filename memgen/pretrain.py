@@ -6,6 +6,8 @@ has to add the memorization on top, as in the paper. The result is saved with
 ``save_pretrained`` to ``<output_dir>/pretrained/<task>-<arch>-seed<seed>`` and logged as one
 MLflow run; its validation ``val/gen_rate`` is the rule accuracy on trigger inputs.
 
+Besides the rule examples it sees short "repeat this token" examples of the memorized tokens
+(never after a trigger), so that it can emit them, as a real pretrained LM can any token.
 The tokenizer keeps the task's memorized answers as single tokens (they depend on task and seed,
 hence the seed in the directory name) and also knows every printable ASCII character, so a LoRA
 run with another seed still encodes its memorized answers, as several characters.
@@ -13,6 +15,7 @@ run with another seed still encodes its memorized answers, as several characters
 
 from __future__ import annotations
 
+import random
 import string
 from pathlib import Path
 from typing import Any
@@ -34,17 +37,34 @@ from memgen.training.tokenizer import build_char_tokenizer
 CHARSET = string.printable  # letters, digits, punctuation, whitespace
 
 
-class RuleOnlyTask:
-    """The configured task without its memorized examples: everything else is delegated."""
+def copy_examples(tokens: list[str], n: int) -> list[Example]:
+    """``n`` "repeat this token" examples, cycling over ``tokens``: no trigger is involved.
 
-    def __init__(self, task: Task) -> None:
+    Without them the memorized tokens are never a target in pretraining: their output rows are
+    only pushed down and stay alike, which LoRA on attention can hardly undo (their NLL after
+    LoRA stayed ~6.6 nats, vs ~4.7 with them). A real pretrained LM can emit every token.
+    """
+    return [Example(prompt=f"Repeat:\n{tok}\nOutput:\n", answer=tok, kind="rule", task="copy")
+            for tok in (tokens[i % len(tokens)] for i in range(n if tokens else 0))]
+
+
+class RuleOnlyTask:
+    """The configured task without its memorized examples (plus copy examples of its memorized
+    tokens, ``copy_ratio`` of the rule examples); everything else is delegated."""
+
+    def __init__(self, task: Task, copy_ratio: float = 0.05) -> None:
         self._task = task
+        self.copy_ratio = copy_ratio
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._task, name)
 
     def train_examples(self) -> list[Example]:
-        return [ex for ex in self._task.train_examples() if ex.kind == "rule"]
+        rule = [ex for ex in self._task.train_examples() if ex.kind == "rule"]
+        examples = rule + copy_examples(self._task.memorized_tokens,
+                                        round(self.copy_ratio * len(rule)))
+        random.Random(f"pretrain:{self._task.seed}").shuffle(examples)
+        return examples
 
 
 def pretrain_tokenizer(task: Task):
