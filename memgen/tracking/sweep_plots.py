@@ -1,0 +1,81 @@
+"""Figures of an Optuna study for the sweep's parent run: history, importance, contour, Pareto.
+
+Drawn with ``optuna.visualization.matplotlib`` (no plotly, headless Agg). A figure that the
+study cannot support yet (importance needs two finished trials, a Pareto front two objectives)
+is skipped with a note instead of failing the sweep that has already run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from optuna.visualization import matplotlib as ovm  # noqa: E402
+
+
+def _slug(metric: str) -> str:
+    return metric.replace("/", "_")
+
+
+def _figure(draw: Callable[[], object]) -> Figure:
+    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        drawn = draw()
+    axes = drawn.flat[0] if hasattr(drawn, "flat") else drawn
+    fig = axes.figure
+    fig.set_size_inches(max(fig.get_figwidth(), 7.0), max(fig.get_figheight(), 5.0))
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def _target(i: int) -> Callable[[optuna.trial.FrozenTrial], float]:
+    return lambda t: t.values[i]
+
+
+def study_figures(study: optuna.Study, metrics: Sequence[str],
+                  params: Sequence[str]) -> tuple[dict[str, Figure], list[str]]:
+    """Figures by artifact path, and one note per skipped figure.
+
+    Per objective: ``sweep/history_<metric>.png``, ``sweep/importance_<metric>.png`` and, with
+    exactly two searched parameters, ``sweep/contour_<metric>.png``; with 2-3 objectives also
+    ``sweep/pareto_front.png``.
+    """
+    figures: dict[str, Figure] = {}
+    notes: list[str] = []
+    multi = len(metrics) > 1
+
+    def add(path: str, draw: Callable[[], object]) -> None:
+        try:
+            figures[path] = _figure(draw)
+        except Exception as exc:  # noqa: BLE001 - a missing figure must not fail the sweep
+            notes.append(f"{path}: skipped ({type(exc).__name__}: {exc})"[:300])
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return figures, ["no complete trial: no figures"]
+    for i, metric in enumerate(metrics):
+        target = _target(i) if multi else None
+        name = _slug(metric)
+        add(f"sweep/history_{name}.png", lambda t=target, m=metric: ovm.plot_optimization_history(
+            study, target=t, target_name=m))
+        if len(complete) >= 2:
+            add(f"sweep/importance_{name}.png", lambda t=target, m=metric:
+                ovm.plot_param_importances(study, target=t, target_name=m))
+        else:
+            notes.append(f"sweep/importance_{name}.png: skipped (needs 2 complete trials)")
+        if len(params) == 2:
+            add(f"sweep/contour_{name}.png", lambda t=target, m=metric: ovm.plot_contour(
+                study, params=list(params), target=t, target_name=m))
+    if len(metrics) in (2, 3):
+        add("sweep/pareto_front.png", lambda: ovm.plot_pareto_front(
+            study, target_names=list(metrics)))
+    return figures, notes
