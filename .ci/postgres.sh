@@ -19,7 +19,10 @@ if ! "${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
   "${RUN_AS[@]}" "$PGBIN/pg_ctl" -D "$DATA" -l "$DATA/log" -w \
     -o "-p $PORT -h 127.0.0.1 -k /tmp" start >/dev/null
 fi
-"${RUN_AS[@]}" "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -tc \
-  "SELECT 1 FROM pg_database WHERE datname='memgen'" | grep -q 1 \
-  || "${RUN_AS[@]}" "$PGBIN/createdb" -h 127.0.0.1 -p "$PORT" -U postgres memgen
+# MLflow and Optuna each keep an alembic_version table: one database each
+for db in memgen memgen_optuna; do
+  "${RUN_AS[@]}" "$PGBIN/psql" -h 127.0.0.1 -p "$PORT" -U postgres -tc \
+    "SELECT 1 FROM pg_database WHERE datname='$db'" | grep -q 1 \
+    || "${RUN_AS[@]}" "$PGBIN/createdb" -h 127.0.0.1 -p "$PORT" -U postgres "$db"
+done
 echo "export MEMGEN_TEST_POSTGRES_URL=postgresql://postgres@127.0.0.1:$PORT/memgen"

@@ -119,16 +119,3 @@ def make_steering_run(root: Path, experiment: str = "memgen", max_steps: int = 4
     cfg = compose(store_overrides(root, experiment, **(sizes | overrides)))
     task, tokenizer, model, loss = fit_designed(cfg, max_steps)
     return cfg, log_model_run(cfg, task, tokenizer, model, **{"fixture/loss": loss})
-
-
-def trained_run(root: Path, **overrides: object) -> tuple[DictConfig, str]:
-    """The alternative: a real ``memgen run`` (minutes; both behaviors not guaranteed)."""
-    from memgen.pipeline import run  # noqa: PLC0415
-
-    regime = {"task.n_train": 2000, "task.mem_ratio": 0.1, "trainer.loss_on": "answer",
-              "model.n_layer": 2, "model.n_embd": 64, "trainer.max_epochs": 10,
-              "trainer.num_threads": 1, "trainer.progress_bar": False,
-              "analysis.use_pairs": "false"}
-    cfg = compose(store_overrides(root, **(regime | overrides)))
-    _, objects = run(cfg)
-    return cfg, objects["run_id"]

@@ -92,3 +92,30 @@ def test_postgresql_backend_records_the_run(tmp_path):
     assert run.info.status == "FINISHED"
     assert "val/mem_rate" in run.data.metrics
     assert "model" in {a.path for a in MlflowClient(POSTGRES).list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.skipif(not POSTGRES, reason="MEMGEN_TEST_POSTGRES_URL not set (.ci/run sets it)")
+def test_two_sweep_workers_share_a_postgresql_study_and_store(tmp_path):
+    from memgen.sweep import sweep
+    from tests.helpers_sweep import make_steering_run
+
+    experiment = f"pg-sweep-{tmp_path.name}"
+    pg = {"tracking.uri": POSTGRES, "tracking.artifact_root": tmp_path / "artifacts"}
+    _, run_id = make_steering_run(tmp_path, experiment, **pg)
+    cfg = compose([f"{k}={v}" for k, v in {
+        **pg, "tracking.experiment": experiment, "output_dir": tmp_path / "outputs",
+        "sweep": "steering", "sweep.run_id": run_id, "sweep.n_trials": 4, "sweep.workers": 2,
+        # MLflow and Optuna both keep an alembic_version table: separate databases
+        "sweep.storage": POSTGRES.rsplit("/", 1)[0] + "/memgen_optuna",
+        "sweep.study_name": f"pg-{tmp_path.name}",
+        "trainer.num_threads": 1}.items()])
+    metrics, objects = sweep(cfg)
+    assert [t.state.name for t in objects["study"].trials] == ["COMPLETE"] * 4
+    client = MlflowClient(POSTGRES)
+    exp = client.get_experiment_by_name(experiment)
+    children = client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{objects['run_id']}'")
+    assert len(children) == 4
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [0, 1, 2, 3]
+    assert {r.data.tags["memgen.sweep.worker"] for r in children} == {"0", "1"}
+    assert metrics["sweep/n_complete"] == 4
