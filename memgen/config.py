@@ -83,6 +83,7 @@ class TrainerConfig:
     num_threads: int = 0  # 0 = torch default
     limit_train_batches: float = 1.0
     log_every_n_steps: int = 10
+    checkpoint_metric: str = "val/behavior_balance"  # or val/mem_gen_product (the paper's)
 
 
 @dataclass
@@ -250,6 +251,9 @@ def validate(cfg: DictConfig) -> None:
     _require(tr.warmup_steps >= 0, "trainer.warmup_steps", "an integer >= 0", tr.warmup_steps)
     _require(tr.loss_on in ("sequence", "answer"), "trainer.loss_on", "'sequence' or 'answer'",
              tr.loss_on)
+    _require(tr.checkpoint_metric in ("val/behavior_balance", "val/mem_gen_product"),
+             "trainer.checkpoint_metric", "'val/behavior_balance' or 'val/mem_gen_product'",
+             tr.checkpoint_metric)
     _require(tr.num_beams >= 1, "trainer.num_beams", "an integer >= 1", tr.num_beams)
     _require(0 < tr.limit_train_batches <= 1, "trainer.limit_train_batches", "a fraction in (0, 1]",
              tr.limit_train_batches)

@@ -104,7 +104,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     module = MemGenModule(model, tokenizer, task, cfg)
     datamodule = MemGenDataModule(cfg, task, tokenizer)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / run.run_id
-    best, on_exception = make_checkpoints(ckpt_dir)
+    best, on_exception = make_checkpoints(ckpt_dir, tr.checkpoint_metric)
     run.log_params({"checkpoint_dir": str(ckpt_dir.resolve())})
     run.log_metrics(count_parameters(model))
     trainer = pl.Trainer(
@@ -129,7 +129,8 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         load_module_weights(module, best_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if best.best_model_score is not None:
-        metrics["val/best_behavior_balance"] = float(best.best_model_score)
+        metrics["val/best_" + tr.checkpoint_metric.removeprefix("val/")] = float(
+            best.best_model_score)
     run.set_tags({"best_checkpoint": best_path or ""})
     if cfg.tracking.log_checkpoints and ckpt_dir.exists():
         run.log_artifacts(ckpt_dir, "checkpoints")

@@ -29,10 +29,11 @@ def make_logger(run: TrackedRun, experiment: str) -> RunLogger:
                      log_model=False)
 
 
-def make_checkpoints(ckpt_dir: Path) -> tuple[ModelCheckpoint, OnExceptionCheckpoint]:
-    """Keep the best ``val/behavior_balance`` and the last epoch; save one more on a crash."""
+def make_checkpoints(ckpt_dir: Path, monitor: str = "val/behavior_balance"
+                     ) -> tuple[ModelCheckpoint, OnExceptionCheckpoint]:
+    """Keep the best ``monitor`` and the last epoch; save one more on a crash."""
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:03d}",
-                           monitor="val/behavior_balance", mode="max", save_top_k=1,
+                           monitor=monitor, mode="max", save_top_k=1,
                            save_last=True, auto_insert_metric_name=False)
     on_exception = OnExceptionCheckpoint(dirpath=ckpt_dir, filename="on_exception")
     return best, on_exception
