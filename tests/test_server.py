@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -84,7 +85,7 @@ POSTGRES = os.environ.get("MEMGEN_TEST_POSTGRES_URL")
 @pytest.mark.skipif(not POSTGRES, reason="MEMGEN_TEST_POSTGRES_URL not set (.ci/run sets it)")
 def test_postgresql_backend_records_the_run(tmp_path):
     cfg = compose(tiny_overrides(tmp_path, **{"tracking.uri": POSTGRES,
-                                              "tracking.experiment": f"pg-{tmp_path.name}",
+                                              "tracking.experiment": f"pg-{uuid.uuid4().hex}",
                                               "tracking.artifact_root": tmp_path / "artifacts",
                                               "trainer.max_epochs": 1}))
     _, objects = train(cfg)
@@ -99,7 +100,8 @@ def test_two_sweep_workers_share_a_postgresql_study_and_store(tmp_path):
     from memgen.sweep import sweep
     from tests.helpers_sweep import make_steering_run
 
-    experiment = f"pg-sweep-{tmp_path.name}"
+    unique = uuid.uuid4().hex[:8]  # the database outlives this test: fresh names each time
+    experiment = f"pg-sweep-{unique}"
     pg = {"tracking.uri": POSTGRES, "tracking.artifact_root": tmp_path / "artifacts"}
     _, run_id = make_steering_run(tmp_path, experiment, **pg)
     cfg = compose([f"{k}={v}" for k, v in {
@@ -107,7 +109,7 @@ def test_two_sweep_workers_share_a_postgresql_study_and_store(tmp_path):
         "sweep": "steering", "sweep.run_id": run_id, "sweep.n_trials": 4, "sweep.workers": 2,
         # MLflow and Optuna both keep an alembic_version table: separate databases
         "sweep.storage": POSTGRES.rsplit("/", 1)[0] + "/memgen_optuna",
-        "sweep.study_name": f"pg-{tmp_path.name}",
+        "sweep.study_name": f"pg-{unique}",
         "trainer.num_threads": 1}.items()])
     metrics, objects = sweep(cfg)
     assert [t.state.name for t in objects["study"].trials] == ["COMPLETE"] * 4

@@ -42,7 +42,7 @@ def test_answer_only_loss_masks_the_prompt():
 
 @pytest.mark.slow
 def test_tiny_training_run_learns_and_is_tracked(tmp_path):
-    cfg = compose(tiny_overrides(tmp_path, **{"trainer.max_epochs": 3, "trainer.lr": 3e-3}))
+    cfg = compose(tiny_overrides(tmp_path, **{"trainer.max_epochs": 4, "trainer.lr": 3e-3}))
     metrics, objects = train(cfg)
     run_id = objects["run_id"]
     client = MlflowClient(cfg.tracking.uri)
@@ -53,9 +53,10 @@ def test_tiny_training_run_learns_and_is_tracked(tmp_path):
     # the loss really drops
     losses = [m.value for m in client.get_metric_history(run_id, "train/loss_step")]
     assert len(losses) >= 5
-    assert losses[-1] < 0.6 * losses[0]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < 0.7 * first, (first, last)
     # params, tags, metrics, config artifact, model
-    assert run.data.params["trainer.max_epochs"] == "3"
+    assert run.data.params["trainer.max_epochs"] == "4"
     assert run.data.params["task.name"] == "arithmetic"
     for tag in ("task", "model.kind", "seed", "git.commit", "memgen.version"):
         assert tag in run.data.tags
