@@ -172,8 +172,12 @@ def _first_line(exc: BaseException) -> str:
 
 def _one_line(exc: BaseException) -> str:
     """Hydra spreads its message over lines (the key, then the reason or the options): join."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    cut = ("full_key:", "object_type", "Set the", "Config search path", "provider=", "See https")
+    text = str(exc)
+    if exc.__cause__ is not None:  # Hydra wraps the schema's verdict ("could not be converted")
+        text += "\n" + str(exc.__cause__)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cut = ("full_key:", "object_type", "reference_type", "Set the", "Config search path",
+           "provider=", "See https")
     lines = [ln for ln in lines if not ln.startswith(cut)]
     hint = "(not a config key; to add one use"
     text = " ".join(lines).replace("To append to your config use", hint)
@@ -224,7 +228,7 @@ def validate(cfg: DictConfig) -> None:
     """Value checks that types cannot express; the first failure raises ConfigError."""
     t, m, tr, a = cfg.task, cfg.model, cfg.trainer, cfg.analysis
     _require(t.name in TASKS or t.name == "mixture", "task.name",
-             f"one of {sorted([*TASKS, 'mixture'])}", t.name)
+             f"one of {sorted(set(TASKS) | {'mixture'})}", t.name)
     for key in ("n_train", "n_conflict", "n_val_conflict", "n_clean", "max_new_tokens"):
         _require(t[key] > 0, f"task.{key}", "a positive integer", t[key])
     _require(t.n_perturbations >= 2, "task.n_perturbations", "an integer >= 2", t.n_perturbations)
