@@ -192,23 +192,20 @@ def resume_checkpoint(cfg: DictConfig, run_id: str) -> str:
 
 def train(cfg: DictConfig, command: str = "train") -> tuple[dict[str, float], dict[str, Any]]:
     """Train one model in one tracked run (or continue ``resume``'s); returns (metrics, objects)."""
-    ckpt_path = resume_checkpoint(cfg, cfg.resume) if cfg.resume else None
-    task, tokenizer, model = prepare(cfg)
-    with tracked_run(cfg, command, run_id=cfg.resume) as run:
-        trained = fit(cfg, run, task, tokenizer, model, ckpt_path=ckpt_path)
-        rates = kept_checkpoint_rates(cfg, trained)
-        run.log_metrics(rates)
-        trained.metrics |= rates
-        if cfg.tracking.log_model:
-            log_model(run, trained)
-    return trained.metrics, {"trained": trained, "run_id": trained.run_id}
+    return _execute(cfg, command, analyse=False)
 
 
 def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """The main job: train, then analyse the kept checkpoint, all in one run."""
+    return _execute(cfg, "run", analyse=cfg.analysis.enabled)
+
+
+def _execute(cfg: DictConfig, command: str, analyse: bool
+             ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Validate, then in one run: fit, log the kept checkpoint's rates and model, analyse."""
     ckpt_path = resume_checkpoint(cfg, cfg.resume) if cfg.resume else None
     task, tokenizer, model = prepare(cfg)
-    with tracked_run(cfg, "run", run_id=cfg.resume) as tracked:
+    with tracked_run(cfg, command, run_id=cfg.resume) as tracked:
         trained = fit(cfg, tracked, task, tokenizer, model, ckpt_path=ckpt_path)
         rates = kept_checkpoint_rates(cfg, trained)
         tracked.log_metrics(rates)
@@ -216,7 +213,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if cfg.tracking.log_model:
             log_model(tracked, trained)
         objects: dict[str, Any] = {"trained": trained, "run_id": tracked.run_id}
-        if cfg.analysis.enabled:
+        if analyse:
             analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
                                      allow_no_pairs=True)
             log_analysis(tracked, analysis, step=trained.epochs_done)
