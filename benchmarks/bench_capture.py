@@ -28,16 +28,9 @@ N_PROMPTS, BATCH, ROUNDS = 128, 64, 21
 
 
 def _setup():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from memgen.training.tokenizer import build_char_tokenizer
 
-    chars = list("0123456789+:\n Inputarge")
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *chars])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
-                                        eos_token="<eos>", unk_token="<unk>")
+    tokenizer = build_char_tokenizer(["0123456789+:\n Inputarge"])
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=128, n_layer=4,
                         n_head=4, bos_token_id=1, eos_token_id=1, pad_token_id=0)

@@ -25,16 +25,9 @@ N_PROMPTS, NEW_TOKENS, BATCH, REPEATS, FRACTION = 128, 8, 64, 3, 0.05
 
 
 def _setup(device: str):
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from memgen.training.tokenizer import build_char_tokenizer
 
-    chars = list("0123456789+:\n abcdefghijklmnopqrstuvwxyzIT")
-    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", *chars])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
-                                        eos_token="<eos>", unk_token="<unk>")
+    tokenizer = build_char_tokenizer(["0123456789+:\n abcdefghijklmnopqrstuvwxyzIT"])
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=128, n_layer=4,
                         n_head=4, pad_token_id=0, eos_token_id=1, bos_token_id=1)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
+    PreTrainedTokenizerBase,
 )
 
-SPECIALS = ["<pad>", "<eos>", "<unk>"]
+from memgen.training.tokenizer import build_char_tokenizer
+
 CHARS = list("0123456789+:\n Inputarge")  # enough for arithmetic prompts
 N_LAYERS = 2
 WIDTH = 32
@@ -21,17 +21,9 @@ PROMPTS = ["Input:\n1+2\nTarget:\n", "12+7", "9", "Input:\n532+499+155+85\nTarge
            "3+4+5", "unit", "7\n8", "Input:\n99+1\n"]
 
 
-def char_tokenizer(extra_tokens: list[str] | None = None) -> PreTrainedTokenizerFast:
+def char_tokenizer(extra_tokens: list[str] | None = None) -> PreTrainedTokenizerBase:
     """One token per character, plus whole-token ``extra_tokens`` (memorized answers)."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
-                                  eos_token="<eos>", unk_token="<unk>")
-    if extra_tokens:
-        tok.add_tokens(extra_tokens)
-    return tok
+    return build_char_tokenizer(["".join(CHARS)], extra_tokens or [])
 
 
 def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:

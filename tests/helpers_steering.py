@@ -5,19 +5,18 @@ from __future__ import annotations
 import random
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
+    PreTrainedTokenizerBase,
 )
 
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.tasks.base import Behavior, Example, Task
+from memgen.training.tokenizer import build_char_tokenizer
 
-SPECIALS = ["<pad>", "<eos>", "<unk>"]
 CHARS = list("0123456789+:\n abcdefghijklmnopqrstuvwxyzIT")
 N_LAYERS = 2
 WIDTH = 32
@@ -28,14 +27,9 @@ PROMPTS = ["Input:\n1+2\nTarget:\n", "12+7", "9", "Input:\n532+499+155+85\nTarge
            "3+4+5", "unit", "7\n8", "Input:\n99+1\n"]
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
+def char_tokenizer() -> PreTrainedTokenizerBase:
     """One token per character (newlines included), ``<pad>`` = 0 and ``<eos>`` = 1."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>",
-                                   eos_token="<eos>", unk_token="<unk>")
+    return build_char_tokenizer(["".join(CHARS)])
 
 
 def tiny_gpt2(vocab_size: int, seed: int = 0, width: int = WIDTH,
