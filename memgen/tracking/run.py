@@ -185,7 +185,37 @@ def tracked_run(cfg: DictConfig, command: str, run_id: str | None = None,
             yield tracked
     except BaseException as exc:
         error = exc
-        tracked.set_tags({"memgen.error": f"{type(exc).__name__}: {exc}"[:5000]})
         raise
     finally:
-        client.set_terminated(run_id, status=end_status(error))
+        _terminate(uri, run_id, error)
+
+
+def _terminate(uri: str, run_id: str, error: BaseException | None) -> None:
+    """Record the end state even if the interrupt broke the store's connection mid-write.
+
+    A Ctrl-C can land inside a SQLite write; the cached client may then fail, so each attempt
+    uses a fresh client, and further signals are ignored while the state is written.
+    """
+    import time
+
+    try:
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                       signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        for attempt in range(5):
+            try:
+                client = MlflowClient(tracking_uri=uri)
+                if error is not None:
+                    client.set_tag(run_id, "memgen.error",
+                                   f"{type(error).__name__}: {error}"[:5000])
+                client.set_terminated(run_id, status=end_status(error))
+                return
+            except Exception:  # noqa: BLE001 - retried, then reported
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
