@@ -8,9 +8,9 @@ MLflow's global active run (which Lightning's MLFlowLogger never sets).
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,11 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 import memgen
 from memgen.config import PROJECT_ROOT
+from memgen.tracking.interrupts import (
+    deferred,
+    deferring,
+    interrupts_between_writes,
+    signals_ignored,
+)
 from memgen.tracking.store import artifact_root, tracking_uri
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that Lightning and the run shut down the same way."""
 
 
 @dataclass
@@ -39,6 +41,7 @@ class TrackedRun:
     experiment_id: str
     uri: str
 
+    @deferring
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if metrics:
             mlflow_metrics = [
@@ -48,24 +51,29 @@ class TrackedRun:
             ]
             self.client.log_batch(self.run_id, metrics=mlflow_metrics)
 
+    @deferring
     def log_params(self, params: Mapping[str, Any]) -> None:
         items = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start:start + 100])
 
+    @deferring
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    @deferring
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
 
+    @deferring
     def log_figure(self, figure, path: str) -> None:
         import matplotlib.pyplot as plt
 
         self.client.log_figure(self.run_id, figure, path)
         plt.close(figure)
 
+    @deferring
     def log_table(self, frame, path: str) -> None:
         """A DataFrame as a parquet (or CSV) artifact: per-neuron data never goes to metrics."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -77,9 +85,11 @@ class TrackedRun:
             parent = str(Path(path).parent)
             self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
 
+    @deferring
     def log_dict(self, data: dict, path: str) -> None:
         self.log_text(json.dumps(data, indent=2, default=str), path)
 
+    @deferring
     def log_artifacts(self, local_dir: str | Path, path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), path)
 
@@ -133,22 +143,6 @@ def get_experiment_id(client: MlflowClient, cfg: DictConfig) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def handler(_signum, _frame):
-        raise Terminated("SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def end_status(exc: BaseException | None) -> str:
     if exc is None:
         return "FINISHED"
@@ -157,53 +151,53 @@ def end_status(exc: BaseException | None) -> str:
     return "FAILED"
 
 
+def _open_run(cfg: DictConfig, command: str, run_id: str | None,
+              parent_run_id: str | None, run_name: str | None,
+              extra_tags: Mapping[str, str] | None) -> TrackedRun:
+    uri = tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    if run_id is not None:
+        run = client.get_run(run_id)
+        client.update_run(run_id, status="RUNNING")
+        return TrackedRun(client, run_id, run.info.experiment_id, uri)
+    experiment_id = get_experiment_id(client, cfg)
+    tags = run_tags(cfg, command) | dict(extra_tags or {})
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id, tags=tags, run_name=run_name or cfg.tracking.run_name)
+    tracked = TrackedRun(client, run.info.run_id, experiment_id, uri)
+    tracked.log_params(flatten(cfg))
+    tracked.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+    return tracked
+
+
 @contextmanager
 def tracked_run(cfg: DictConfig, command: str, run_id: str | None = None,
                 parent_run_id: str | None = None, run_name: str | None = None,
                 extra_tags: Mapping[str, str] | None = None) -> Iterator[TrackedRun]:
     """Create (or reopen, for resume) a run, log the config, and always set its end status."""
-    uri = tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
-    if run_id is None:
-        experiment_id = get_experiment_id(client, cfg)
-        tags = run_tags(cfg, command) | dict(extra_tags or {})
-        if parent_run_id:
-            tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id, tags=tags,
-                                run_name=run_name or cfg.tracking.run_name)
-        run_id = run.info.run_id
-        tracked = TrackedRun(client, run_id, experiment_id, uri)
-        tracked.log_params(flatten(cfg))
-        tracked.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
-    else:
-        run = client.get_run(run_id)
-        client.update_run(run_id, status="RUNNING")
-        tracked = TrackedRun(client, run_id, run.info.experiment_id, uri)
-    error: BaseException | None = None
-    try:
-        with _sigterm_as_interrupt():
+    with interrupts_between_writes():
+        tracked: TrackedRun | None = None
+        error: BaseException | None = None
+        try:
+            with deferred():  # an interrupt during creation still ends the run
+                tracked = _open_run(cfg, command, run_id, parent_run_id, run_name, extra_tags)
             yield tracked
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        _terminate(uri, run_id, error)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if tracked is not None:
+                _terminate(tracked.uri, tracked.run_id, error)
 
 
 def _terminate(uri: str, run_id: str, error: BaseException | None) -> None:
-    """Record the end state even if the interrupt broke the store's connection mid-write.
+    """Record the end state; a fresh client per attempt, with signals ignored meanwhile.
 
-    A Ctrl-C can land inside a SQLite write; the cached client may then fail, so each attempt
-    uses a fresh client, and further signals are ignored while the state is written.
+    Interrupts are held back during store writes (``interrupts``), so the store is not left
+    mid-transaction; the retries cover a store that is briefly locked by another process.
     """
-    import time
-
-    try:
-        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
-                                                                       signal.SIGTERM)}
-    except ValueError:  # not the main thread
-        previous = {}
-    try:
+    with signals_ignored():
         for attempt in range(5):
             try:
                 client = MlflowClient(tracking_uri=uri)
@@ -216,6 +210,3 @@ def _terminate(uri: str, run_id: str, error: BaseException | None) -> None:
                 if attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

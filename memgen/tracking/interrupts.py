@@ -1,0 +1,103 @@
+"""Ctrl-C and SIGTERM stop a run, but never in the middle of a store or checkpoint write.
+
+Python delivers a signal between any two bytecodes. A ``KeyboardInterrupt`` raised inside
+SQLAlchemy's commit can leave a SQLite transaction open on a pooled connection; the write that
+records the run's end state then waits on that lock and the process hangs (or the run stays
+RUNNING). So while a write is in progress (``deferred()``) the handler only records the
+signal, and the interrupt is raised as soon as the write returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+_depth = 0
+_pending: int | None = None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that Lightning and the run shut down the same way."""
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGTERM:
+        raise Terminated("SIGTERM")
+    raise KeyboardInterrupt
+
+
+def _handler(signum: int, _frame) -> None:
+    global _pending
+    if _depth:
+        _pending = signum
+        return
+    _raise_for(signum)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM until the block ends, then raise the interrupt they stand for."""
+    global _depth, _pending
+    if not _in_main_thread():  # signals only ever reach the main thread
+        yield
+        return
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+    if _depth == 0 and _pending is not None:
+        signum, _pending = _pending, None
+        _raise_for(signum)
+
+
+def deferring(fn: F) -> F:
+    """Decorator form of ``deferred`` for methods that write to the store or to disk."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with deferred():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def interrupts_between_writes() -> Iterator[None]:
+    """Install the deferring handler for SIGINT and SIGTERM; restore the previous ones after."""
+    global _pending
+    if not _in_main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _pending = None
+
+
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """While the end state is written nothing may interrupt it (a second Ctrl-C included)."""
+    if not _in_main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                   signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
