@@ -92,6 +92,9 @@ class SteeringConfig:
     top_k: int | None = None
     top_fraction: float | None = None  # None: use analysis.top_fraction / top_k
     last_prompt_only: bool = False
+    # which analysed sites may be steered (and where the controls' random neurons come from):
+    # "all", "resid" (the paper: decoder-layer outputs), "mlp", or names like "resid.3,mlp.4"
+    sites: str = "all"
     grid_alpha: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0])
     grid_top_fraction: list[float] = field(default_factory=lambda: [0.05, 0.1])
     controls: list[str] = field(default_factory=lambda: ["random", "low_r", "shuffled"])
@@ -119,6 +122,11 @@ class AnalysisConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     steering: SteeringConfig = field(default_factory=SteeringConfig)
     consistency: bool = True
+    # extra perturbation seeds: each relabels the conflict set on new variants, and its pairs'
+    # neuron selection is compared with the base pairs' (intra-task consistency across samples)
+    consistency_seeds: list[int] = field(default_factory=lambda: [1])
+    # neurons selected on one half of the pairs steer the other half (with the controls)
+    consistency_transfer: bool = True
 
 
 @dataclass
@@ -277,6 +285,9 @@ def validate(cfg: DictConfig) -> None:
                  "names from ['low_r', 'random', 'shuffled']", name)
     _require(0 < a.selection_fraction < 1, "analysis.selection_fraction", "a fraction in (0, 1)",
              a.selection_fraction)
+    _require(len(set(a.consistency_seeds)) == len(a.consistency_seeds)
+             and all(seed >= 0 for seed in a.consistency_seeds), "analysis.consistency_seeds",
+             "distinct integers >= 0", list(a.consistency_seeds))
     _require(a.n_shuffles >= 0, "analysis.n_shuffles", "an integer >= 0", a.n_shuffles)
     _require(a.batch_size > 0, "analysis.batch_size", "a positive integer", a.batch_size)
     _require(a.every_n_val_epochs >= 0, "analysis.every_n_val_epochs", "an integer >= 0",

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from memgen.analysis.sites import resolve_sites, site_width
-from memgen.analysis.stages import analyse_model
+from memgen.analysis.stages import analyse_model, steering_sites
 from memgen.config import ConfigError
 from memgen.tasks import Task
 from memgen.tracking.callbacks import AnalysisCallback
@@ -80,6 +80,10 @@ def check_analysis(cfg: DictConfig, model: torch.nn.Module) -> None:
         sites = resolve_sites(model, list(cfg.analysis.sites))
     except ValueError as exc:
         raise ConfigError(f"analysis.sites: {exc}") from None
+    try:
+        steering_sites(cfg.analysis.steering.sites, sites)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     total = sum(site_width(model, site) for site in sites)
     for key, value in (("analysis.top_k", cfg.analysis.top_k),
                        ("analysis.steering.top_k", cfg.analysis.steering.top_k)):

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from memgen.analysis.behavior import Pair
 from memgen.analysis.consistency import (
+    PairSet,
     expected_jaccard,
     hypergeom_log_pmf,
     hypergeom_log_sf,
@@ -204,6 +205,21 @@ def test_intra_task_consistency_finds_stable_neurons():
     with pytest.raises(ValueError, match="'base' is taken"):
         intra_task_consistency(_planted_stats_fn(1.0), pairs, top_k=3,
                                extra_pair_sets={"base": pairs})
+
+
+def test_a_pair_set_from_another_seed_uses_its_own_statistics():
+    """Pairs of another perturbation seed index their own labelled groups: their PairSet's
+    stats_fn is used, not the base one (a planted signal there, noise in the base)."""
+    pairs = _pairs(40, 2)
+    shared = intra_task_consistency(_planted_stats_fn(2.0), pairs, top_k=6, seed=0,
+                                    extra_pair_sets={"other": PairSet(pairs,
+                                                                      _planted_stats_fn(2.0))})
+    assert shared.comparisons["base_vs_other"].overlap.intersection == 6
+    unrelated = intra_task_consistency(_planted_stats_fn(2.0), pairs, top_k=6, seed=0,
+                                       extra_pair_sets={"other": PairSet(pairs,
+                                                                         _planted_stats_fn(0.0))})
+    other = unrelated.comparisons["base_vs_other"]
+    assert other.overlap.intersection < 6 and other.overlap.p_value > 1e-3
 
 
 # -- inter-task ---------------------------------------------------------------------------------

@@ -26,7 +26,11 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
                 "steer/to_gen/success", "steer/to_mem/success",
                 "steer/to_gen/control_random/success", "steer/to_mem/control_low_r/success",
                 "steer/to_gen/control_shuffled/success", "side/clean_acc_drop", "side/kl",
-                "consistency/intra/jaccard", "consistency/intra/p_value"):
+                "consistency/intra/jaccard", "consistency/intra/p_value",
+                "consistency/intra/base_vs_perturb_seed1/jaccard",
+                "consistency/intra/base_vs_perturb_seed1/p_value",
+                "consistency/intra/transfer/to_gen/success",
+                "consistency/intra/transfer/to_mem/control_random/success"):
         assert key in metrics, key
     assert not any(k.startswith("neurons/") and k.count("/") > 2 for k in metrics)
     assert "probe/best_site" in run.data.tags
@@ -39,6 +43,7 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
     assert {"neurons/neurons.parquet", "neurons/abs_r_heatmap.png"} <= paths("neurons")
     assert {"steering/grid.csv", "steering/success_vs_alpha.png"} <= paths("steering")
     assert "probes/accuracy_by_layer.png" in paths("probes")
+    assert {"consistency/intra.csv", "consistency/transfer.csv"} <= paths("consistency")
 
 
 def test_neuron_table_has_every_neuron_ranked(trained_run, tmp_path):

@@ -287,6 +287,10 @@ def test_evaluate_steering_counts_transitions():
     for key in ("steer/to_gen/success", "steer/to_mem/success", "steer/to_gen/ci_low",
                 "steer/to_gen/control_shuffled/success", "steer/to_mem/control_shuffled/ci_high"):
         assert key in metrics
+    assert metrics["steer/min_success"] == min(result.selected["to_gen"].success,
+                                               result.selected["to_mem"].success)
+    assert metrics["steer/max_control_success"] == max(
+        t.success for t in result.controls["shuffled"].values())
 
 
 def test_side_effects_zero_at_alpha_zero_and_positive_otherwise():
@@ -341,3 +345,33 @@ def test_grid_with_a_selector_callable():
                          control_names=("random", "shuffled"), max_new_tokens=2)
     assert set(grid["method"]) == {"selected", "control_random", "control_shuffled"}
     assert grid["clean_acc"].isna().all()
+
+
+def test_steering_sites_restrict_the_selection_and_the_controls_pool():
+    from omegaconf import OmegaConf
+
+    from memgen.analysis.controls import build_controls
+    from memgen.analysis.stages import Neurons, steering_selection, steering_sites, steering_stats
+
+    analysed = ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2"]
+    assert steering_sites("all", analysed) == analysed
+    assert steering_sites("resid", analysed) == ["resid.0", "resid.1", "resid.2"]
+    assert steering_sites("mlp.2, resid.1", analysed) == ["mlp.2", "resid.1"]
+    with pytest.raises(ValueError, match="'mlp.3' is not an analysed site"):
+        steering_sites("mlp.3", analysed)
+
+    stats = fake_stats({"resid.1": 32, "mlp.1": 64})
+    neurons = Neurons(stats, pd.DataFrame(), select_neurons(stats, top_fraction=0.1), {})
+    cfg = OmegaConf.create({"seed": 0, "analysis": {"top_k": None, "top_fraction": 0.25,
+                                                    "steering": {"sites": "resid", "top_k": None,
+                                                                 "top_fraction": None}}})
+    chosen = steering_selection(cfg, neurons)
+    assert set(chosen.sites) == {"resid.1"} and len(chosen) == 8  # 25% of resid.1's 32
+    best_resid = select_neurons({"resid.1": stats["resid.1"]}, top_k=8)
+    assert chosen.keys() == best_resid.keys()
+    pool = steering_stats(cfg, neurons)
+    assert list(pool) == ["resid.1"]
+    controls = build_controls(pool, chosen, seed=0)
+    assert all(set(c.sites) == {"resid.1"} for c in controls.values())
+    cfg.analysis.steering.sites = "all"
+    assert steering_selection(cfg, neurons) is neurons.selection

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,14 @@ from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.stats import select_neurons
 
 StatsFn = Callable[[Sequence[Pair]], dict[str, SiteStats]]
+
+
+class PairSet(NamedTuple):
+    """Pairs with their own statistics, e.g. labelled on another perturbation seed (its pair
+    indices point into its own labelled groups, so the base ``stats_fn`` cannot serve it)."""
+
+    pairs: Sequence[Pair]
+    stats_fn: StatsFn
 
 PAIR_SEP = "_vs_"  # MLflow metric names allow only [/\w.\- :], so not "~"
 INTRA_PREFIX = "consistency/intra"
@@ -242,13 +251,14 @@ def _compare(name_a: str, pairs_a: Sequence[Pair], stats_a: Mapping[str, SiteSta
 
 def intra_task_consistency(stats_fn: StatsFn, pairs: Sequence[Pair], top_k: int | None = None,
                            top_fraction: float | None = None, seed: int = 0,
-                           extra_pair_sets: Mapping[str, Sequence[Pair]] | None = None,
+                           extra_pair_sets: Mapping[str, Sequence[Pair] | PairSet] | None = None,
                            sites: Sequence[str] | None = None) -> IntraResult:
     """Select top-k (or a top fraction) on two halves of ``pairs`` and compare the selections.
 
     ``stats_fn(pairs) -> {site: SiteStats}`` computes the statistics of a pair set (the caller
     owns the model and the activations). With ``extra_pair_sets`` (e.g. pairs from other
-    perturbation seeds), ``pairs`` joins them as ``"base"`` and every two sets are compared.
+    perturbation seeds, as ``PairSet``s with their own ``stats_fn``), ``pairs`` joins them as
+    ``"base"`` and every two sets are compared.
     """
     def select(stats: Mapping[str, SiteStats]) -> NeuronSelection:
         return select_neurons(dict(stats), top_k=top_k, top_fraction=top_fraction, sites=sites)
@@ -260,11 +270,15 @@ def intra_task_consistency(stats_fn: StatsFn, pairs: Sequence[Pair], top_k: int 
     if extra_pair_sets:
         if "base" in extra_pair_sets:
             raise ValueError("extra_pair_sets: the name 'base' is taken by `pairs`")
-        sets = {"base": pairs, **extra_pair_sets}
-        stats = {_check_name(name, "pair set"): stats_fn(p) for name, p in sets.items()}
+        sets = {"base": PairSet(pairs, stats_fn)}
+        for name, extra in extra_pair_sets.items():
+            sets[_check_name(name, "pair set")] = (
+                extra if isinstance(extra, PairSet) else PairSet(extra, stats_fn))
+        stats = {name: s.stats_fn(s.pairs) for name, s in sets.items()}
         for a, b in combinations(sets, 2):
-            comparisons[f"{a}{PAIR_SEP}{b}"] = _compare(a, sets[a], stats[a], b, sets[b],
-                                                        stats[b], select, sites)[0]
+            comparisons[f"{a}{PAIR_SEP}{b}"] = _compare(a, sets[a].pairs, stats[a], b,
+                                                        sets[b].pairs, stats[b], select,
+                                                        sites)[0]
     return IntraResult(overlap=halves.overlap, r_corr=halves.r_corr, halves=(half_a, half_b),
                        selections=(sel_a, sel_b), universe_size=halves.overlap.universe_size,
                        comparisons=comparisons)

@@ -340,6 +340,14 @@ def summary_metrics(result: SteeringResult) -> dict[str, float]:
     for name, by_direction in result.controls.items():
         for direction, t in by_direction.items():
             put(f"steer/{direction}/control_{name}", t)
+    # one number per question, for sweeps and run tables: do both directions work, and how
+    # far does the best control get (the success must be read against it)
+    successes = [t.success for t in result.selected.values() if t.n]
+    if successes:
+        out["steer/min_success"] = min(successes)
+    controls = [t.success for by in result.controls.values() for t in by.values() if t.n]
+    if controls:
+        out["steer/max_control_success"] = max(controls)
     if result.side:
         sides = list(result.side.values())
         for s in sides:

@@ -26,6 +26,7 @@ from memgen.analysis.behavior import (
 from memgen.analysis.capture import collect_features
 from memgen.analysis.consistency import (
     IntraResult,
+    PairSet,
     inter_metrics,
     inter_task_consistency,
     intra_task_consistency,
@@ -153,6 +154,7 @@ class Analysis:
     steering: SteeringResult | None = None
     grid: pd.DataFrame | None = None
     consistency: IntraResult | None = None
+    transfer: SteeringResult | None = None  # half A's neurons steering half B's items
     inter: InterTask | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why
@@ -179,13 +181,20 @@ class NoPairsError(ValueError):
     """The model never showed both behaviors on one example: nothing to contrast."""
 
 
+def label_conflict_set(cfg: DictConfig, model, tokenizer, task: Task,
+                       stream: str = "perturb") -> LabelledGroups:
+    """Generate on every perturbation (drawn from ``stream``) of the conflict set and label."""
+    conflict = task.conflict_examples(cfg.task.n_conflict)
+    groups = task.perturbation_set(conflict, cfg.task.n_perturbations, stream=stream)
+    return label_perturbation_groups(model, tokenizer, task, groups, cfg.task.max_new_tokens,
+                                     cfg.analysis.batch_size, cfg.trainer.num_beams)
+
+
 def label_behaviors(cfg: DictConfig, model, tokenizer, task: Task,
                     allow_no_pairs: bool = False) -> Behaviors:
     """Generate on every perturbation of the conflict set, label, pair and split by example."""
-    conflict = task.conflict_examples(cfg.task.n_conflict)
-    groups = task.perturbation_set(conflict, cfg.task.n_perturbations)
-    labelled = label_perturbation_groups(model, tokenizer, task, groups, cfg.task.max_new_tokens,
-                                         cfg.analysis.batch_size, cfg.trainer.num_beams)
+    labelled = label_conflict_set(cfg, model, tokenizer, task)
+    groups = labelled.groups
     pairs = find_pairs(labelled)
     fraction, seed = cfg.analysis.selection_fraction, cfg.seed
     if allow_no_pairs and len({p.group for p in pairs}) < 2 and cfg.analysis.use_pairs:
@@ -244,12 +253,42 @@ def run_probes(cfg: DictConfig, features: Features, behaviors: Behaviors,
 
 # -- stage 4: steering ------------------------------------------------------------------------
 
+def steering_sites(spec: str, analysed: list[str]) -> list[str]:
+    """``analysis.steering.sites`` ("all", "resid", "mlp" or "resid.3,mlp.4") among the
+    analysed sites, in their order; a name that was not analysed fails by name."""
+    if spec == "all":
+        return list(analysed)
+    out: list[str] = []
+    for name in (part.strip() for part in spec.split(",")):
+        if name in ("resid", "mlp"):
+            out += [site for site in analysed if site.startswith(name + ".")]
+        elif name in analysed:
+            out.append(name)
+        else:
+            raise ValueError(f"analysis.steering.sites: '{name}' is not an analysed site "
+                             f"(analysed: {', '.join(analysed)})")
+    if not out:
+        raise ValueError(f"analysis.steering.sites: '{spec}' matches no analysed site")
+    return list(dict.fromkeys(out))
+
+
+def steering_stats(cfg: DictConfig, neurons: Neurons) -> dict[str, SiteStats]:
+    """The statistics of the steerable sites: the pool for the selection and the controls."""
+    keep = steering_sites(cfg.analysis.steering.sites, list(neurons.stats))
+    return {site: neurons.stats[site] for site in keep}
+
+
 def steering_selection(cfg: DictConfig, neurons: Neurons) -> NeuronSelection:
-    """The neurons steered: ``analysis.steering.top_k/top_fraction`` or the analysis selection."""
+    """The neurons steered: ``analysis.steering.top_k/top_fraction`` (else the analysis
+    selection's top_k/top_fraction) among the steerable sites."""
     s = cfg.analysis.steering
-    if s.top_k is None and s.top_fraction is None:
+    if s.sites == "all" and s.top_k is None and s.top_fraction is None:
         return neurons.selection
-    return select_neurons(neurons.stats, top_k=s.top_k, top_fraction=s.top_fraction)
+    if s.top_k is None and s.top_fraction is None:
+        top_k, top_fraction = cfg.analysis.top_k, cfg.analysis.top_fraction
+    else:
+        top_k, top_fraction = s.top_k, s.top_fraction
+    return select_neurons(steering_stats(cfg, neurons), top_k=top_k, top_fraction=top_fraction)
 
 
 def run_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons,
@@ -257,7 +296,8 @@ def run_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons
     """Steer the evaluation split at the configured (k, alpha), next to every control."""
     s = cfg.analysis.steering
     selection = steering_selection(cfg, neurons)
-    controls = build_controls(neurons.stats, selection, cfg.seed, tuple(s.controls))
+    controls = build_controls(steering_stats(cfg, neurons), selection, cfg.seed,
+                              tuple(s.controls))
     return evaluate_steering(model, tokenizer, task, split.examples, split.behaviors, selection,
                              s.alpha, cfg.task.max_new_tokens, cfg.analysis.batch_size, controls,
                              clean_examples=clean, num_beams=cfg.trainer.num_beams,
@@ -268,7 +308,8 @@ def run_grid(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons, sp
              clean: list[Example]) -> pd.DataFrame:
     """Success and side effects over ``grid_top_fraction`` x ``grid_alpha``."""
     s = cfg.analysis.steering
-    return steering_grid(model, tokenizer, task, split.examples, split.behaviors, neurons.stats,
+    return steering_grid(model, tokenizer, task, split.examples, split.behaviors,
+                         steering_stats(cfg, neurons),
                          list(s.grid_top_fraction), list(s.grid_alpha),
                          control_names=tuple(s.controls), clean_examples=clean,
                          max_new_tokens=cfg.task.max_new_tokens,
@@ -278,14 +319,67 @@ def run_grid(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons, sp
 
 # -- stage 5: consistency ---------------------------------------------------------------------
 
-def run_consistency(cfg: DictConfig, features: Features, behaviors: Behaviors) -> IntraResult:
-    """Neurons selected independently on disjoint halves of all pairs, against chance."""
+def _stats_fn(features: Features):
     def stats_of(pairs: list[Pair]) -> dict[str, SiteStats]:
         return stream_stats([features.take(_items_of_pairs(pairs))])
 
+    return stats_of
+
+
+def seed_pair_sets(cfg: DictConfig, model, tokenizer, task: Task
+                   ) -> tuple[dict[str, PairSet], dict[str, str]]:
+    """Pairs from the conflict set perturbed with each of ``analysis.consistency_seeds``.
+
+    Each seed draws new variants of the same conflict examples, so its pairs are a different
+    data sample of the task on the same model. Returns the sets, and why any seed was skipped.
+    """
+    sets, skipped = {}, {}
+    sites = resolve_sites(model, list(cfg.analysis.sites))
+    for seed in cfg.analysis.consistency_seeds:
+        name = f"perturb_seed{seed}"
+        labelled = label_conflict_set(cfg, model, tokenizer, task, stream=f"perturb:{seed}")
+        pairs = find_pairs(labelled)
+        if len({p.group for p in pairs}) < 2:
+            skipped[name] = f"{len(pairs)} pairs: too few to select neurons on"
+            continue
+        split = _split(labelled, _items_of_pairs(pairs))
+        values = collect_features(model, tokenizer, [ex.prompt for ex in split.examples], sites,
+                                  cfg.analysis.batch_size)
+        features = Features({it: row for row, it in enumerate(split.items)}, values, split.labels)
+        sets[name] = PairSet(pairs, _stats_fn(features))
+    return sets, skipped
+
+
+def run_consistency(cfg: DictConfig, features: Features, behaviors: Behaviors,
+                    extra_pair_sets: dict[str, PairSet] | None = None) -> IntraResult:
+    """Neurons selected independently on disjoint halves of all pairs (and on the pairs of
+    other perturbation seeds), against chance."""
     pairs = behaviors.selection_pairs + behaviors.evaluation_pairs
-    return intra_task_consistency(stats_of, pairs, top_k=cfg.analysis.top_k,
-                                  top_fraction=cfg.analysis.top_fraction, seed=cfg.seed)
+    return intra_task_consistency(_stats_fn(features), pairs, top_k=cfg.analysis.top_k,
+                                  top_fraction=cfg.analysis.top_fraction, seed=cfg.seed,
+                                  extra_pair_sets=extra_pair_sets)
+
+
+def transfer_metrics(result: SteeringResult) -> dict[str, float]:
+    """``consistency/intra/transfer/<dir>/[control_<name>/]success`` (and CIs, n)."""
+    return {f"consistency/intra/transfer/{key.removeprefix('steer/')}": value
+            for key, value in summary_metrics(result).items() if key.startswith("steer/")}
+
+
+def run_transfer(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
+                 behaviors: Behaviors, intra: IntraResult) -> SteeringResult:
+    """Neurons selected on half A of the pairs steer half B's items, next to the controls
+    (built from half A's statistics): the selection generalizes beyond its own sample."""
+    half_a, half_b = intra.halves
+    stats_a = _stats_fn(features)(half_a)
+    selection = intra.selections[0]
+    s = cfg.analysis.steering
+    controls = build_controls(stats_a, selection, cfg.seed, tuple(s.controls))
+    target = _split(behaviors.labelled, _items_of_pairs(half_b))
+    return evaluate_steering(model, tokenizer, task, target.examples, target.behaviors,
+                             selection, s.alpha, cfg.task.max_new_tokens,
+                             cfg.analysis.batch_size, controls, num_beams=cfg.trainer.num_beams,
+                             last_prompt_only=s.last_prompt_only)
 
 
 def run_inter_task(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
@@ -368,11 +462,17 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
     if "grid" in stages:
         result.grid = run_grid(cfg, model, tokenizer, task, neurons, behaviors.evaluation, clean)
     if "consistency" in stages and cfg.analysis.consistency and cfg.analysis.use_pairs:
+        extra, skipped_seeds = seed_pair_sets(cfg, model, tokenizer, task)
+        result.skipped |= {f"consistency/{name}": why for name, why in skipped_seeds.items()}
         try:
-            result.consistency = run_consistency(cfg, features, behaviors)
+            result.consistency = run_consistency(cfg, features, behaviors, extra)
             result.metrics |= result.consistency.to_metrics()
         except ValueError as exc:  # too few pairs to halve: the other stages still stand
             result.skipped["consistency"] = str(exc)
+        if result.consistency is not None and cfg.analysis.consistency_transfer:
+            result.transfer = run_transfer(cfg, model, tokenizer, task, features, behaviors,
+                                           result.consistency)
+            result.metrics |= transfer_metrics(result.transfer)
     if "consistency" in stages and cfg.analysis.consistency and hasattr(task, "subtasks"):
         try:
             result.inter, inter_metrics_ = run_inter_task(cfg, model, tokenizer, task, features,

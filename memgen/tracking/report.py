@@ -58,6 +58,8 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
         run.log_figure(success_vs_alpha(analysis.grid), "steering/success_vs_alpha.png")
     if analysis.consistency is not None:
         run.log_table(analysis.consistency.table(), "consistency/intra.csv")
+    if analysis.transfer is not None:
+        run.log_table(analysis.transfer.table(), "consistency/transfer.csv")
     if analysis.inter is not None:
         log_overlap_matrix(run, analysis.inter.jaccard, analysis.inter.expected)
         run.log_table(analysis.inter.cross_steering, "consistency/cross_steering.csv")
@@ -67,6 +69,15 @@ def log_overlap_matrix(run: TrackedRun, matrix, expected=None) -> None:
     """The task-by-task overlap table and heatmap (inter-task consistency)."""
     run.log_table(matrix.reset_index(names="task"), "consistency/inter_jaccard.csv")
     run.log_figure(overlap_matrix_figure(matrix, expected), "consistency/inter_jaccard.png")
+
+
+def _steering_rows_inline(result) -> str:
+    parts = []
+    for direction, t in result.selected.items():
+        controls = ", ".join(f"{name} {_pct(by[direction].success)}"
+                             for name, by in result.controls.items())
+        parts.append(f"{direction} {_pct(t.success)} of {t.n} ({controls})")
+    return "; ".join(parts)
 
 
 def _pct(x: float | None) -> str:
@@ -118,6 +129,13 @@ def summary(analysis: Analysis, top: int = 10) -> str:
                   f"jaccard {o.jaccard:.3f} vs chance {o.expected_jaccard:.3f} "
                   f"(enrichment {o.enrichment:.1f}x, p={o.p_value:.2g}); "
                   f"r correlation {analysis.consistency.r_corr:.3f}"]
+        for key, c in analysis.consistency.comparisons.items():
+            lines.append(f"{key}: jaccard {c.overlap.jaccard:.3f} vs chance "
+                         f"{c.overlap.expected_jaccard:.3f} (p={c.overlap.p_value:.2g}; "
+                         f"{c.n_pairs_a} vs {c.n_pairs_b} pairs); r correlation {c.r_corr:.3f}")
+    if analysis.transfer is not None:
+        lines.append("half A's neurons steering half B's items: "
+                     + _steering_rows_inline(analysis.transfer))
     if analysis.inter is not None:
         lines += ["", "== inter-task consistency (one model, several tasks) ==",
                   "jaccard (chance in brackets):"]
