@@ -125,7 +125,7 @@ class AnalysisConfig:
     # extra perturbation seeds: each relabels the conflict set on new variants, and its pairs'
     # neuron selection is compared with the base pairs' (intra-task consistency across samples)
     consistency_seeds: list[int] = field(default_factory=lambda: [1])
-    # neurons selected on one half of the pairs steer the other half (with the controls)
+    # neurons selected on half B of the pairs steer half A's items (with the controls)
     consistency_transfer: bool = True
 
 

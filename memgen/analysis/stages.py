@@ -368,14 +368,18 @@ def transfer_metrics(result: SteeringResult) -> dict[str, float]:
 
 def run_transfer(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
                  behaviors: Behaviors, intra: IntraResult) -> SteeringResult:
-    """Neurons selected on half A of the pairs steer half B's items, next to the controls
-    (built from half A's statistics): the selection generalizes beyond its own sample."""
+    """Neurons selected on half B of the pairs steer half A's items, next to the controls
+    (built from half B's statistics): the selection generalizes beyond its own sample.
+
+    B -> A on purpose: with ``selection_fraction`` 0.5 the halves are the selection and
+    evaluation splits, so A -> B is the held-out steering result itself.
+    """
     half_a, half_b = intra.halves
-    stats_a = _stats_fn(features)(half_a)
-    selection = intra.selections[0]
+    stats_b = _stats_fn(features)(half_b)
+    selection = intra.selections[1]
     s = cfg.analysis.steering
-    controls = build_controls(stats_a, selection, cfg.seed, tuple(s.controls))
-    target = _split(behaviors.labelled, _items_of_pairs(half_b))
+    controls = build_controls(stats_b, selection, cfg.seed, tuple(s.controls))
+    target = _split(behaviors.labelled, _items_of_pairs(half_a))
     return evaluate_steering(model, tokenizer, task, target.examples, target.behaviors,
                              selection, s.alpha, cfg.task.max_new_tokens,
                              cfg.analysis.batch_size, controls, num_beams=cfg.trainer.num_beams,

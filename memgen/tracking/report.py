@@ -134,7 +134,7 @@ def summary(analysis: Analysis, top: int = 10) -> str:
                          f"{c.overlap.expected_jaccard:.3f} (p={c.overlap.p_value:.2g}; "
                          f"{c.n_pairs_a} vs {c.n_pairs_b} pairs); r correlation {c.r_corr:.3f}")
     if analysis.transfer is not None:
-        lines.append("half A's neurons steering half B's items: "
+        lines.append("half B's neurons steering half A's items: "
                      + _steering_rows_inline(analysis.transfer))
     if analysis.inter is not None:
         lines += ["", "== inter-task consistency (one model, several tasks) ==",
