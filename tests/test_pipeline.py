@@ -80,6 +80,18 @@ def test_callbacks_log_the_emergence_as_curves_by_epoch(trained_run):
     assert client.get_metric_history(run_id, "steer/to_gen/success")
 
 
+def test_transfer_steers_the_other_half_with_its_own_neurons(trained_run):
+    """With selection_fraction 0.5 the halves are the selection/evaluation splits: the transfer
+    steers the selection split's items (the held-out steering covers the evaluation split)."""
+    m = trained_run["metrics"]
+    transfer_n = (m["consistency/intra/transfer/to_gen/n"]
+                  + m["consistency/intra/transfer/to_mem/n"])
+    assert transfer_n == m["pairs/n_selection_items"]
+    assert m["steer/to_gen/n"] + m["steer/to_mem/n"] == m["pairs/n_evaluation_items"]
+    for name in ("random", "low_r", "shuffled"):
+        assert f"consistency/intra/transfer/to_mem/control_{name}/success" in m
+
+
 def test_analysis_is_deterministic_on_one_model(trained_run):
     from memgen.analysis.stages import analyse_model
 

@@ -85,6 +85,16 @@ def test_training_is_deterministic() -> None:
     assert torch.equal(a.linear.weight, b.linear.weight)
 
 
+def test_training_a_probe_leaves_the_global_random_stream_alone() -> None:
+    """Probes run inside training (callbacks): reseeding there would change the training."""
+    x, y = separable(120, 6, seed=2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_probe(x, y, seed=3)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_probe_sites_report_and_baselines() -> None:
     train, y_train = site_feats(seed=10, n=240)
     evals, y_eval = site_feats(seed=20, n=120)

@@ -113,7 +113,7 @@ def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run
     assert metrics["sweep/n_pareto"] == len(pareto)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert {"sweep/trials.csv", "sweep/pareto.csv", "sweep/pareto_front.png",
-            "sweep/history_steer_to_gen_success.png",
+            "sweep/history_steer_min_success.png",
             "sweep/contour_side_clean_acc_drop.png"} <= artifacts
 
 

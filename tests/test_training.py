@@ -119,3 +119,29 @@ def test_a_user_jsonl_dataset_trains_end_to_end(tmp_path):
     assert run.data.params["task.name"] == "files"
     assert {"val/mem_rate", "train/loss_epoch"} <= set(run.data.metrics)
     assert "<mem-zz>" in objects["trained"].tokenizer.get_vocab()
+
+
+def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeypatch, tmp_path):
+    """Dropout and shuffling draw from the global RNG: an analysis that drew from it too would
+    make a run with callbacks train differently from one without."""
+    from types import SimpleNamespace
+
+    import memgen.tracking.callbacks as callbacks
+
+    def analysis_that_draws(*_args, **_kwargs):
+        torch.rand(100)
+        torch.manual_seed(0)  # as a careless stage might
+        return SimpleNamespace()
+
+    logged = []
+    monkeypatch.setattr(callbacks, "analyse_model", analysis_that_draws)
+    monkeypatch.setattr(callbacks, "log_analysis", lambda *a, **k: logged.append(k["step"]))
+    callback = callbacks.AnalysisCallback(compose(tiny_overrides(tmp_path)), run=None, every_n=1)
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=3)
+    module = SimpleNamespace(model=None, tokenizer=None, task=None)
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    torch.manual_seed(7)
+    callback.on_validation_epoch_end(trainer, module)
+    assert logged == [3]
+    assert torch.equal(torch.rand(5), expected)

@@ -95,19 +95,21 @@ def train_probe(
 
     ``epochs`` caps the L-BFGS iterations, ``lr`` is its initial step (the line search adapts
     it), ``weight_decay`` is the L2 penalty ``wd/2 * ||w||^2`` on the weights (not the bias).
-    Zero initialization makes the result independent of ``seed``; the seed is fixed anyway so
-    that any future randomness stays reproducible.
+    Zero initialization makes the result independent of ``seed``. The caller's random stream
+    is left alone: probes also run inside training (callbacks), where reseeding the global RNG
+    would change the training run.
     """
     _check_xy(x_train, y_train, "train", MIN_TRAIN_PER_CLASS)
     if epochs < 1:
         raise ValueError(f"epochs: expected >= 1, got {epochs}")
-    torch.manual_seed(seed)
     x = x_train.detach().float()
     y = y_train.detach().to(device=x.device, dtype=torch.float32)
     mean = x.mean(0)
     std = x.std(0, unbiased=False)
     std = torch.where(std > 1e-8, std, torch.ones_like(std))  # constant features stay 0
-    probe = LinearProbe(mean, std).to(x.device)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's init draws from the global RNG
+        torch.manual_seed(seed)
+        probe = LinearProbe(mean, std).to(x.device)
     opt = torch.optim.LBFGS(
         probe.linear.parameters(),
         lr=lr,

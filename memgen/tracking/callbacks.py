@@ -8,6 +8,7 @@ emergence of differentiating neurons, probe accuracy and steerability shows in M
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 
 from memgen.analysis.stages import analyse_model
@@ -35,8 +36,11 @@ class AnalysisCallback(pl.Callback):
         self.n_validations += 1
         if self.n_validations % self.every_n:
             return
-        analysis = analyse_model(self.cfg, pl_module.model, pl_module.tokenizer, pl_module.task,
-                                 stages=self.stages, allow_no_pairs=True)
+        # the analysis observes the training and must not change it: its random draws come
+        # from a forked stream, so a run with callbacks trains exactly like one without
+        with torch.random.fork_rng(devices=[]):
+            analysis = analyse_model(self.cfg, pl_module.model, pl_module.tokenizer,
+                                     pl_module.task, stages=self.stages, allow_no_pairs=True)
         log_analysis(self.run, analysis, step=trainer.current_epoch, artifacts=False)
         self.logged_epochs.append(trainer.current_epoch)
 
