@@ -113,9 +113,15 @@ def model_run(cfg: DictConfig) -> tuple[str, DictConfig]:
 
 
 def config_hash(base: DictConfig, model_run_id: str | None) -> str:
-    """Six hex digits of what defines the trials: the default study name changes with it."""
+    """Six hex digits of what defines the trials: the default study name changes with it.
+
+    The search space and the objectives count (another space must not resume a study whose
+    trials were drawn from a different one); trial counts, workers and storage do not.
+    """
     data = OmegaConf.to_container(base, resolve=True)
-    for key in ("sweep", "tracking", "output_dir"):
+    sweep = data.pop("sweep", {}) or {}
+    data["study"] = {key: sweep.get(key) for key in ("kind", "space", "objectives")}
+    for key in ("tracking", "output_dir"):
         data.pop(key, None)
     for key in ("num_threads", "progress_bar"):
         data["trainer"].pop(key, None)

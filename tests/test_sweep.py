@@ -356,3 +356,15 @@ def test_default_storage_sits_next_to_the_tracking_db(model_run, tmp_path):
     assert plan(cfg).storage == f"journal:{root / 'mlruns' / 'optuna.journal'}"
     assert plan(cfg).study_name.startswith(f"steering-{model_run[1][:8]}-")
 
+
+def test_default_study_name_follows_the_space_and_objectives_not_the_trial_count(model_run,
+                                                                                 tmp_path):
+    def name(**keys):
+        return plan(steering_cfg(model_run, tmp_path, **{"sweep.storage": "null",
+                                                          **keys})).study_name
+
+    base = name()
+    assert name(**{"sweep.n_trials": 7, "sweep.workers": 2}) == base  # resumes the same study
+    assert name(**{"sweep.space.analysis.steering.alpha.high": 4.0}) != base
+    assert name(**{"sweep.objectives": "[{metric:'side/kl',direction:minimize}]"}) != base
+

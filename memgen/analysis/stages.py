@@ -154,7 +154,7 @@ class Analysis:
     steering: SteeringResult | None = None
     grid: pd.DataFrame | None = None
     consistency: IntraResult | None = None
-    transfer: SteeringResult | None = None  # half A's neurons steering half B's items
+    transfer: SteeringResult | None = None  # half B's neurons steering half A's items
     inter: InterTask | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why
@@ -215,15 +215,20 @@ def label_behaviors(cfg: DictConfig, model, tokenizer, task: Task,
                      sel_pairs, eval_pairs)
 
 
-def capture(cfg: DictConfig, model, tokenizer, behaviors: Behaviors) -> Features:
-    """One forward pass per item (selection and evaluation) at every analysed site."""
+def capture_split(cfg: DictConfig, model, tokenizer, split: Split) -> Features:
+    """One forward pass per item of ``split`` at every analysed site."""
     sites = resolve_sites(model, list(cfg.analysis.sites))
-    items = behaviors.selection.items + behaviors.evaluation.items
-    examples = behaviors.selection.examples + behaviors.evaluation.examples
-    values = collect_features(model, tokenizer, [ex.prompt for ex in examples], sites,
+    values = collect_features(model, tokenizer, [ex.prompt for ex in split.examples], sites,
                               cfg.analysis.batch_size)
-    labels = torch.cat([behaviors.selection.labels, behaviors.evaluation.labels])
-    return Features({it: row for row, it in enumerate(items)}, values, labels)
+    return Features({it: row for row, it in enumerate(split.items)}, values, split.labels)
+
+
+def capture(cfg: DictConfig, model, tokenizer, behaviors: Behaviors) -> Features:
+    """The selection and evaluation items' activations, captured once."""
+    sel, ev = behaviors.selection, behaviors.evaluation
+    both = Split(sel.items + ev.items, sel.examples + ev.examples,
+                 torch.cat([sel.labels, ev.labels]))
+    return capture_split(cfg, model, tokenizer, both)
 
 
 # -- stage 2: neurons -------------------------------------------------------------------------
@@ -334,7 +339,6 @@ def seed_pair_sets(cfg: DictConfig, model, tokenizer, task: Task
     data sample of the task on the same model. Returns the sets, and why any seed was skipped.
     """
     sets, skipped = {}, {}
-    sites = resolve_sites(model, list(cfg.analysis.sites))
     for seed in cfg.analysis.consistency_seeds:
         name = f"perturb_seed{seed}"
         labelled = label_conflict_set(cfg, model, tokenizer, task, stream=f"perturb:{seed}")
@@ -342,10 +346,8 @@ def seed_pair_sets(cfg: DictConfig, model, tokenizer, task: Task
         if len({p.group for p in pairs}) < 2:
             skipped[name] = f"{len(pairs)} pairs: too few to select neurons on"
             continue
-        split = _split(labelled, _items_of_pairs(pairs))
-        values = collect_features(model, tokenizer, [ex.prompt for ex in split.examples], sites,
-                                  cfg.analysis.batch_size)
-        features = Features({it: row for row, it in enumerate(split.items)}, values, split.labels)
+        features = capture_split(cfg, model, tokenizer,
+                                 _split(labelled, _items_of_pairs(pairs)))
         sets[name] = PairSet(pairs, _stats_fn(features))
     return sets, skipped
 
