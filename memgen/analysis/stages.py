@@ -273,7 +273,8 @@ def steering_sites(spec: str, analysed: list[str]) -> list[str]:
             raise ValueError(f"analysis.steering.sites: '{name}' is not an analysed site "
                              f"(analysed: {', '.join(analysed)})")
     if not out:
-        raise ValueError(f"analysis.steering.sites: '{spec}' matches no analysed site")
+        raise ValueError(f"analysis.steering.sites: '{spec}' matches no analysed site "
+                         f"(analysed: {', '.join(analysed)}; 'all' steers any of them)")
     return list(dict.fromkeys(out))
 
 
