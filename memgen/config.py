@@ -97,6 +97,11 @@ class SteeringConfig:
     sites: str = "all"
     grid_alpha: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0])
     grid_top_fraction: list[float] = field(default_factory=lambda: [0.05, 0.1])
+    # pick (top_fraction, alpha) per model on the *selection* split (the evaluation split is
+    # only steered once, at the pick): NMD scales differ from model to model
+    tune: bool = False
+    tune_top_fraction: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
+    tune_alpha: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0, 9.0])
     controls: list[str] = field(default_factory=lambda: ["random", "low_r", "shuffled"])
 
 
@@ -280,6 +285,12 @@ def validate(cfg: DictConfig) -> None:
     for value in s.grid_top_fraction:
         _require(0 < value <= 1, "analysis.steering.grid_top_fraction", "fractions in (0, 1]",
                  value)
+    _require(len(s.tune_alpha) > 0 and all(math.isfinite(v) and v >= 0 for v in s.tune_alpha),
+             "analysis.steering.tune_alpha", "a non-empty list of finite numbers >= 0",
+             list(s.tune_alpha))
+    _require(len(s.tune_top_fraction) > 0 and all(0 < v <= 1 for v in s.tune_top_fraction),
+             "analysis.steering.tune_top_fraction", "a non-empty list of fractions in (0, 1]",
+             list(s.tune_top_fraction))
     for name in s.controls:
         _require(name in ("random", "low_r", "shuffled"), "analysis.steering.controls",
                  "names from ['low_r', 'random', 'shuffled']", name)

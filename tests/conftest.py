@@ -41,6 +41,8 @@ def tiny_overrides(tmp_path, **extra: object) -> list[str]:
         "analysis.n_shuffles": 2,
         "analysis.steering.grid_alpha": "[3.0]",
         "analysis.steering.grid_top_fraction": "[0.05]",
+        "analysis.steering.tune_alpha": "[1.0,3.0]",
+        "analysis.steering.tune_top_fraction": "[0.05,0.1]",
     }
     base.update(extra)
     return [f"{key}={value}" for key, value in base.items()]

@@ -30,7 +30,9 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
                 "consistency/intra/base_vs_perturb_seed1/jaccard",
                 "consistency/intra/base_vs_perturb_seed1/p_value",
                 "consistency/intra/transfer/to_gen/success",
-                "consistency/intra/transfer/to_mem/control_random/success"):
+                "consistency/intra/transfer/to_mem/control_random/success",
+                "steer/tuned/alpha", "steer/tuned/top_fraction", "steer/min_success",
+                "steer/max_control_success"):
         assert key in metrics, key
     assert not any(k.startswith("neurons/") and k.count("/") > 2 for k in metrics)
     assert "probe/best_site" in run.data.tags
@@ -41,7 +43,10 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
     assert {"config.yaml", "model", "checkpoints", "neurons", "probes", "steering",
             "consistency", "behavior"} <= paths()
     assert {"neurons/neurons.parquet", "neurons/abs_r_heatmap.png"} <= paths("neurons")
-    assert {"steering/grid.csv", "steering/success_vs_alpha.png"} <= paths("steering")
+    assert {"steering/grid.csv", "steering/success_vs_alpha.png",
+            "steering/tuning.csv"} <= paths("steering")
+    assert metrics["steer/tuned/alpha"] in cfg.analysis.steering.tune_alpha
+    assert metrics["steer/tuned/top_fraction"] in cfg.analysis.steering.tune_top_fraction
     assert "probes/accuracy_by_layer.png" in paths("probes")
     assert {"consistency/intra.csv", "consistency/transfer.csv"} <= paths("consistency")
 
@@ -104,6 +109,35 @@ def test_analysis_is_deterministic_on_one_model(trained_run):
     assert first.neurons.selection.keys() == second.neurons.selection.keys()
     assert first.neurons.selection.keys() == trained_run["objects"]["analysis"].neurons \
         .selection.keys()
+
+
+def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch):
+    """The evaluation split is steered once, at a setting picked without it."""
+    import memgen.analysis.stages as stages
+
+    cfg = trained_run["cfg"]
+    trained = trained_run["objects"]["trained"]
+    grids, steered = [], []
+    real_grid, real_steer = stages.steering_grid, stages.evaluate_steering
+
+    def grid_spy(model, tokenizer, task, examples, *args, **kwargs):
+        grids.append({ex.prompt for ex in examples})
+        return real_grid(model, tokenizer, task, examples, *args, **kwargs)
+
+    def steer_spy(model, tokenizer, task, examples, labels, selection, alpha, *args, **kwargs):
+        steered.append(({ex.prompt for ex in examples}, alpha, len(selection)))
+        return real_steer(model, tokenizer, task, examples, labels, selection, alpha, *args,
+                          **kwargs)
+
+    monkeypatch.setattr(stages, "steering_grid", grid_spy)
+    monkeypatch.setattr(stages, "evaluate_steering", steer_spy)
+    result = stages.analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
+                                  stages=("neurons", "steering"))
+    selection = {ex.prompt for ex in result.behaviors.selection.examples}
+    evaluation = {ex.prompt for ex in result.behaviors.evaluation.examples}
+    assert grids == [selection]
+    assert len(steered) == 1 and steered[0][0] == evaluation
+    assert steered[0][1] == result.tuning.alpha == result.steering.alpha
 
 
 def test_inter_task_needs_a_mixture(trained_run):

@@ -369,9 +369,38 @@ def test_steering_sites_restrict_the_selection_and_the_controls_pool():
     assert set(chosen.sites) == {"resid.1"} and len(chosen) == 8  # 25% of resid.1's 32
     best_resid = select_neurons({"resid.1": stats["resid.1"]}, top_k=8)
     assert chosen.keys() == best_resid.keys()
-    pool = steering_stats(cfg, neurons)
+    pool = steering_stats(cfg, neurons.stats)
     assert list(pool) == ["resid.1"]
     controls = build_controls(pool, chosen, seed=0)
     assert all(set(c.sites) == {"resid.1"} for c in controls.values())
     cfg.analysis.steering.sites = "all"
     assert steering_selection(cfg, neurons) is neurons.selection
+
+
+def test_grid_scores_and_the_pick_by_hand():
+    """score = weaker direction - best control - clean drop; ties go to the smaller alpha."""
+    from memgen.analysis.intervention import best_cell, grid_scores
+
+    def rows(top, k, alpha, gen, mem, ctl_gen, ctl_mem, drop_gen, drop_mem):
+        return [
+            {"top": top, "k": k, "alpha": alpha, "method": "selected", "direction": "to_gen",
+             "success": gen, "clean_acc_drop": drop_gen},
+            {"top": top, "k": k, "alpha": alpha, "method": "selected", "direction": "to_mem",
+             "success": mem, "clean_acc_drop": drop_mem},
+            {"top": top, "k": k, "alpha": alpha, "method": "control_random",
+             "direction": "to_gen", "success": ctl_gen, "clean_acc_drop": math.nan},
+            {"top": top, "k": k, "alpha": alpha, "method": "control_random",
+             "direction": "to_mem", "success": ctl_mem, "clean_acc_drop": math.nan},
+        ]
+
+    grid = pd.DataFrame(rows(0.05, 5, 1.0, 0.9, 0.6, 0.1, 0.0, 0.0, 0.02)
+                        + rows(0.05, 5, 3.0, 0.9, 0.9, 0.1, 0.5, 0.0, 0.1)
+                        + rows(0.1, 10, 1.0, 0.8, 0.7, 0.0, 0.05, -0.01, 0.0)
+                        + rows(0.1, 10, 3.0, 0.7, 0.8, 0.05, 0.0, 0.0, 0.0))
+    scores = grid_scores(grid).set_index(["top", "alpha"])
+    assert scores.loc[(0.05, 1.0), "score"] == pytest.approx(0.6 - 0.1 - 0.02)
+    assert scores.loc[(0.05, 3.0), "score"] == pytest.approx(0.9 - 0.5 - 0.1)
+    assert scores.loc[(0.1, 1.0), "score"] == pytest.approx(0.7 - 0.05)  # a gain is no bonus
+    assert scores.loc[(0.1, 3.0), "score"] == pytest.approx(0.7 - 0.05)
+    best = best_cell(grid_scores(grid))
+    assert (best["top"], best["alpha"], best["k"]) == (0.1, 1.0, 10)  # tie: smaller alpha

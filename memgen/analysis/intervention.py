@@ -320,6 +320,35 @@ def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Ex
     return pd.DataFrame(rows)
 
 
+def grid_scores(grid: pd.DataFrame) -> pd.DataFrame:
+    """One row per (top, alpha) of a ``steering_grid`` table: the weaker direction's success,
+    the best control's success, the worse direction's clean-accuracy drop, and
+    ``score = min_success - max_control_success - max(clean_acc_drop, 0)``: steering counts
+    only by what the controls do not also do, and what it costs on clean inputs."""
+    rows = []
+    for (top, alpha), cell in grid.groupby(["top", "alpha"], sort=True):
+        selected = cell[cell["method"] == "selected"]
+        controls = cell[cell["method"] != "selected"]
+        min_success = float(selected["success"].min())
+        max_control = float(controls["success"].max()) if len(controls) else 0.0
+        drop = float(selected["clean_acc_drop"].max())
+        drop = 0.0 if math.isnan(drop) else drop
+        max_control = 0.0 if math.isnan(max_control) else max_control
+        rows.append({"top": top, "k": int(selected["k"].iloc[0]), "alpha": float(alpha),
+                     "min_success": min_success, "max_control_success": max_control,
+                     "clean_acc_drop": drop,
+                     "score": min_success - max_control - max(drop, 0.0)})
+    return pd.DataFrame(rows)
+
+
+def best_cell(scores: pd.DataFrame) -> pd.Series:
+    """The highest score; ties go to the smaller alpha, then the fewer neurons."""
+    valid = scores.dropna(subset=["score"])
+    if valid.empty:
+        raise ValueError("steering tuning: no (top, alpha) cell had items in both directions")
+    return valid.sort_values(["score", "alpha", "k"], ascending=[False, True, True]).iloc[0]
+
+
 def summary_metrics(result: SteeringResult) -> dict[str, float]:
     """Flat metrics: ``steer/<dir>/[control_<name>/]{success,ci_low,ci_high,n,other_rate}``,
     ``side/<dir>/{clean_acc_steered,clean_acc_drop,kl}`` and the worst case over directions as

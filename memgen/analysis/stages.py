@@ -8,6 +8,7 @@ callbacks (``memgen.tracking.callbacks``) run the very same code during training
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,9 @@ from memgen.analysis.consistency import (
 from memgen.analysis.controls import build_controls
 from memgen.analysis.intervention import (
     SteeringResult,
+    best_cell,
     evaluate_steering,
+    grid_scores,
     steering_grid,
     summary_metrics,
 )
@@ -145,6 +148,21 @@ class InterTask:
 
 
 @dataclass
+class SteeringTuning:
+    """The (top_fraction, alpha) picked on the selection split, and every cell's score."""
+
+    top_fraction: float
+    alpha: float
+    scores: pd.DataFrame  # top, k, alpha, min_success, max_control_success, clean_acc_drop
+
+    def metrics(self) -> dict[str, float]:
+        best = self.scores[(self.scores["top"] == self.top_fraction)
+                           & (self.scores["alpha"] == self.alpha)].iloc[0]
+        return {"steer/tuned/top_fraction": self.top_fraction, "steer/tuned/alpha": self.alpha,
+                "steer/tuned/k": float(best["k"]), "steer/tuned/score": float(best["score"])}
+
+
+@dataclass
 class Analysis:
     """Everything the stages produced; ``summary()`` is what ``memgen run`` prints."""
 
@@ -153,6 +171,7 @@ class Analysis:
     probes: ProbeReport | None = None
     steering: SteeringResult | None = None
     grid: pd.DataFrame | None = None
+    tuning: SteeringTuning | None = None
     consistency: IntraResult | None = None
     transfer: SteeringResult | None = None  # half B's neurons steering half A's items
     inter: InterTask | None = None
@@ -278,23 +297,55 @@ def steering_sites(spec: str, analysed: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def steering_stats(cfg: DictConfig, neurons: Neurons) -> dict[str, SiteStats]:
+def steering_stats(cfg: DictConfig, stats: dict[str, SiteStats]) -> dict[str, SiteStats]:
     """The statistics of the steerable sites: the pool for the selection and the controls."""
-    keep = steering_sites(cfg.analysis.steering.sites, list(neurons.stats))
-    return {site: neurons.stats[site] for site in keep}
+    keep = steering_sites(cfg.analysis.steering.sites, list(stats))
+    return {site: stats[site] for site in keep}
 
 
-def steering_selection(cfg: DictConfig, neurons: Neurons) -> NeuronSelection:
-    """The neurons steered: ``analysis.steering.top_k/top_fraction`` (else the analysis
-    selection's top_k/top_fraction) among the steerable sites."""
+def select_for_steering(cfg: DictConfig, stats: dict[str, SiteStats]) -> NeuronSelection:
+    """``analysis.steering.top_k/top_fraction`` (else the analysis selection's) among the
+    steerable sites."""
     s = cfg.analysis.steering
-    if s.sites == "all" and s.top_k is None and s.top_fraction is None:
-        return neurons.selection
     if s.top_k is None and s.top_fraction is None:
         top_k, top_fraction = cfg.analysis.top_k, cfg.analysis.top_fraction
     else:
         top_k, top_fraction = s.top_k, s.top_fraction
-    return select_neurons(steering_stats(cfg, neurons), top_k=top_k, top_fraction=top_fraction)
+    return select_neurons(steering_stats(cfg, stats), top_k=top_k, top_fraction=top_fraction)
+
+
+def steering_selection(cfg: DictConfig, neurons: Neurons) -> NeuronSelection:
+    """The neurons steered (the analysis selection itself when nothing narrows it)."""
+    s = cfg.analysis.steering
+    if s.sites == "all" and s.top_k is None and s.top_fraction is None:
+        return neurons.selection
+    return select_for_steering(cfg, neurons.stats)
+
+
+def tune_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons,
+                  split: Split, clean: list[Example]) -> SteeringTuning:
+    """Score ``tune_top_fraction`` x ``tune_alpha`` on the selection split (``grid_scores``)
+    and pick the best cell, so the evaluation split is steered once, at a setting it did not
+    choose."""
+    s = cfg.analysis.steering
+    grid = steering_grid(model, tokenizer, task, split.examples, split.behaviors,
+                         steering_stats(cfg, neurons.stats), list(s.tune_top_fraction),
+                         list(s.tune_alpha), control_names=tuple(s.controls),
+                         clean_examples=clean, max_new_tokens=cfg.task.max_new_tokens,
+                         batch_size=cfg.analysis.batch_size, seed=cfg.seed,
+                         num_beams=cfg.trainer.num_beams, last_prompt_only=s.last_prompt_only)
+    scores = grid_scores(grid)
+    best = best_cell(scores)
+    return SteeringTuning(float(best["top"]), float(best["alpha"]), scores)
+
+
+def with_tuning(cfg: DictConfig, tuning: SteeringTuning) -> DictConfig:
+    """A copy of ``cfg`` that steers at the tuned (top_fraction, alpha)."""
+    out = copy.deepcopy(cfg)
+    out.analysis.steering.top_k = None
+    out.analysis.steering.top_fraction = tuning.top_fraction
+    out.analysis.steering.alpha = tuning.alpha
+    return out
 
 
 def run_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons,
@@ -302,7 +353,7 @@ def run_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons
     """Steer the evaluation split at the configured (k, alpha), next to every control."""
     s = cfg.analysis.steering
     selection = steering_selection(cfg, neurons)
-    controls = build_controls(steering_stats(cfg, neurons), selection, cfg.seed,
+    controls = build_controls(steering_stats(cfg, neurons.stats), selection, cfg.seed,
                               tuple(s.controls))
     return evaluate_steering(model, tokenizer, task, split.examples, split.behaviors, selection,
                              s.alpha, cfg.task.max_new_tokens, cfg.analysis.batch_size, controls,
@@ -315,7 +366,7 @@ def run_grid(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons, sp
     """Success and side effects over ``grid_top_fraction`` x ``grid_alpha``."""
     s = cfg.analysis.steering
     return steering_grid(model, tokenizer, task, split.examples, split.behaviors,
-                         steering_stats(cfg, neurons),
+                         steering_stats(cfg, neurons.stats),
                          list(s.grid_top_fraction), list(s.grid_alpha),
                          control_names=tuple(s.controls), clean_examples=clean,
                          max_new_tokens=cfg.task.max_new_tokens,
@@ -371,17 +422,19 @@ def transfer_metrics(result: SteeringResult) -> dict[str, float]:
 
 def run_transfer(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
                  behaviors: Behaviors, intra: IntraResult) -> SteeringResult:
-    """Neurons selected on half B of the pairs steer half A's items, next to the controls
-    (built from half B's statistics): the selection generalizes beyond its own sample.
+    """The steered neurons (steering sites and k), selected on half B of the pairs, steer half
+    A's items next to the controls (built from half B's statistics): the selection generalizes
+    beyond its own sample.
 
     B -> A on purpose: with ``selection_fraction`` 0.5 the halves are the selection and
     evaluation splits, so A -> B is the held-out steering result itself.
     """
     half_a, half_b = intra.halves
     stats_b = _stats_fn(features)(half_b)
-    selection = intra.selections[1]
+    selection = select_for_steering(cfg, stats_b)  # the steered neurons, chosen on half B
     s = cfg.analysis.steering
-    controls = build_controls(stats_b, selection, cfg.seed, tuple(s.controls))
+    controls = build_controls(steering_stats(cfg, stats_b), selection, cfg.seed,
+                              tuple(s.controls))
     target = _split(behaviors.labelled, _items_of_pairs(half_a))
     return evaluate_steering(model, tokenizer, task, target.examples, target.behaviors,
                              selection, s.alpha, cfg.task.max_new_tokens,
@@ -462,8 +515,14 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
         result.probes = run_probes(cfg, features, behaviors, neurons.selection)
         result.metrics |= result.probes.metrics()
     clean = task.clean_examples()
+    steer_cfg = cfg  # the tuned (top_fraction, alpha) also steer the transfer below
     if "steering" in stages:
-        result.steering = run_steering(cfg, model, tokenizer, task, neurons,
+        if cfg.analysis.steering.tune:
+            result.tuning = tune_steering(cfg, model, tokenizer, task, neurons,
+                                          behaviors.selection, clean)
+            result.metrics |= result.tuning.metrics()
+            steer_cfg = with_tuning(cfg, result.tuning)
+        result.steering = run_steering(steer_cfg, model, tokenizer, task, neurons,
                                        behaviors.evaluation, clean)
         result.metrics |= summary_metrics(result.steering)
     if "grid" in stages:
@@ -477,8 +536,8 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
         except ValueError as exc:  # too few pairs to halve: the other stages still stand
             result.skipped["consistency"] = str(exc)
         if result.consistency is not None and cfg.analysis.consistency_transfer:
-            result.transfer = run_transfer(cfg, model, tokenizer, task, features, behaviors,
-                                           result.consistency)
+            result.transfer = run_transfer(steer_cfg, model, tokenizer, task, features,
+                                           behaviors, result.consistency)
             result.metrics |= transfer_metrics(result.transfer)
     if "consistency" in stages and cfg.analysis.consistency and hasattr(task, "subtasks"):
         try:

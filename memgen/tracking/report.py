@@ -53,6 +53,8 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
     if analysis.steering is not None:
         run.log_table(analysis.steering.table(), "steering/transitions.csv")
         run.log_table(analysis.steering.items, "steering/items.parquet")
+    if analysis.tuning is not None:
+        run.log_table(analysis.tuning.scores, "steering/tuning.csv")
     if analysis.grid is not None and len(analysis.grid):
         run.log_table(analysis.grid, "steering/grid.csv")
         run.log_figure(success_vs_alpha(analysis.grid), "steering/success_vs_alpha.png")
@@ -109,6 +111,10 @@ def summary(analysis: Analysis, top: int = 10) -> str:
     if analysis.steering is not None:
         s = analysis.steering
         lines += ["", f"== steering (k={s.k}, alpha={s.alpha:g}) on the evaluation split =="]
+        if analysis.tuning is not None:
+            t = analysis.tuning
+            lines.append(f"(top {100 * t.top_fraction:g}% and alpha {t.alpha:g} picked on the "
+                         f"selection split out of {len(t.scores)} settings)")
         for direction in ("to_gen", "to_mem"):
             t = s.selected.get(direction)
             if t is None:
