@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
@@ -368,3 +369,16 @@ def test_default_study_name_follows_the_space_and_objectives_not_the_trial_count
     assert name(**{"sweep.space.analysis.steering.alpha.high": 4.0}) != base
     assert name(**{"sweep.objectives": "[{metric:'side/kl',direction:minimize}]"}) != base
 
+
+
+def test_loading_a_run_gives_a_working_model_and_leaves_no_download_behind(model_run):
+    import tempfile
+
+    root, run_id = model_run
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    pattern = f"memgen-{run_id[:8]}-*"
+    before = set(Path(tempfile.gettempdir()).glob(pattern))
+    loaded = load.load_run(MlflowClient(uri), run_id)
+    assert set(Path(tempfile.gettempdir()).glob(pattern)) == before
+    ids = loaded.tokenizer("1+2", return_tensors="pt").input_ids
+    assert loaded.model(ids).logits.shape[-1] == len(loaded.tokenizer)

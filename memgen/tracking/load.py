@@ -60,19 +60,20 @@ def load_run(client: MlflowClient, run_id: str, device: str = "cpu") -> LoadedRu
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
 
     cfg = run_config(client, run_id)
-    cache = Path(tempfile.mkdtemp(prefix=f"memgen-{run_id[:8]}-"))
-    try:
-        local = client.download_artifacts(run_id, "model", str(cache))
-    except (mlflow.exceptions.MlflowException, OSError):
-        raise ConfigError(f"run id '{run_id}': it has no 'model' artifact "
-                          f"(was it trained with tracking.log_model=false?)") from None
-    tokenizer = AutoTokenizer.from_pretrained(local)
-    if (Path(local) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM  # noqa: PLC0415
+    # the weights are read into memory, so the downloaded copy is removed right after
+    with tempfile.TemporaryDirectory(prefix=f"memgen-{run_id[:8]}-") as cache:
+        try:
+            local = client.download_artifacts(run_id, "model", cache)
+        except (mlflow.exceptions.MlflowException, OSError):
+            raise ConfigError(f"run id '{run_id}': it has no 'model' artifact "
+                              f"(was it trained with tracking.log_model=false?)") from None
+        tokenizer = AutoTokenizer.from_pretrained(local)
+        if (Path(local) / "adapter_config.json").exists():
+            from peft import AutoPeftModelForCausalLM  # noqa: PLC0415
 
-        model = AutoPeftModelForCausalLM.from_pretrained(local)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(local)
+            model = AutoPeftModelForCausalLM.from_pretrained(local)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(local)
     return LoadedRun(run_id, cfg, model.to(device).eval(), tokenizer, make_task(cfg))
 
 
