@@ -102,6 +102,10 @@ class SteeringConfig:
     tune: bool = False
     tune_top_fraction: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
     tune_alpha: list[float] = field(default_factory=lambda: [1.0, 3.0, 5.0, 9.0])
+    # the budget: the most successful cell whose best control and clean-accuracy drop stay
+    # within these; none within it (or both null): the best success - control - drop
+    tune_max_control: float | None = 0.1
+    tune_max_clean_drop: float | None = 0.02
     controls: list[str] = field(default_factory=lambda: ["random", "low_r", "shuffled"])
 
 
@@ -288,6 +292,9 @@ def validate(cfg: DictConfig) -> None:
     _require(len(s.tune_alpha) > 0 and all(math.isfinite(v) and v >= 0 for v in s.tune_alpha),
              "analysis.steering.tune_alpha", "a non-empty list of finite numbers >= 0",
              list(s.tune_alpha))
+    for key in ("tune_max_control", "tune_max_clean_drop"):
+        _require(s[key] is None or 0 <= s[key] <= 1, f"analysis.steering.{key}",
+                 "a fraction in [0, 1] or null", s[key])
     _require(len(s.tune_top_fraction) > 0 and all(0 < v <= 1 for v in s.tune_top_fraction),
              "analysis.steering.tune_top_fraction", "a non-empty list of fractions in (0, 1]",
              list(s.tune_top_fraction))

@@ -404,3 +404,10 @@ def test_grid_scores_and_the_pick_by_hand():
     assert scores.loc[(0.1, 3.0), "score"] == pytest.approx(0.7 - 0.05)
     best = best_cell(grid_scores(grid))
     assert (best["top"], best["alpha"], best["k"]) == (0.1, 1.0, 10)  # tie: smaller alpha
+    # within a budget of controls <= 0.1 and drop <= 0.02: the most successful such cell
+    budget = best_cell(grid_scores(grid), max_control=0.1, max_clean_drop=0.02)
+    assert (budget["top"], budget["alpha"]) == (0.1, 1.0)  # 0.7, while (0.05, 1) gives 0.6
+    tight = best_cell(grid_scores(grid), max_control=0.0, max_clean_drop=0.0)
+    assert (tight["top"], tight["alpha"]) == (0.1, 1.0)  # nothing within: the best score
+    no_control_budget = best_cell(grid_scores(grid), max_clean_drop=0.1)
+    assert (no_control_budget["top"], no_control_budget["alpha"]) == (0.05, 3.0)  # 0.9

@@ -341,11 +341,22 @@ def grid_scores(grid: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best_cell(scores: pd.DataFrame) -> pd.Series:
-    """The highest score; ties go to the smaller alpha, then the fewer neurons."""
+def best_cell(scores: pd.DataFrame, max_control: float | None = None,
+              max_clean_drop: float | None = None) -> pd.Series:
+    """The highest score; with a budget, the highest weaker-direction success among the cells
+    whose best control and clean drop stay within ``max_control`` / ``max_clean_drop`` (the
+    highest score if none does). Ties go to the smaller alpha, then the fewer neurons."""
     valid = scores.dropna(subset=["score"])
     if valid.empty:
         raise ValueError("steering tuning: no (top, alpha) cell had items in both directions")
+    within = valid
+    if max_control is not None:
+        within = within[within["max_control_success"] <= max_control]
+    if max_clean_drop is not None:
+        within = within[within["clean_acc_drop"] <= max_clean_drop]
+    if (max_control is not None or max_clean_drop is not None) and not within.empty:
+        return within.sort_values(["min_success", "alpha", "k"],
+                                  ascending=[False, True, True]).iloc[0]
     return valid.sort_values(["score", "alpha", "k"], ascending=[False, True, True]).iloc[0]
 
 

@@ -325,8 +325,8 @@ def steering_selection(cfg: DictConfig, neurons: Neurons) -> NeuronSelection:
 def tune_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons,
                   split: Split, clean: list[Example]) -> SteeringTuning:
     """Score ``tune_top_fraction`` x ``tune_alpha`` on the selection split (``grid_scores``)
-    and pick the best cell, so the evaluation split is steered once, at a setting it did not
-    choose."""
+    and pick the best cell within the control / clean-drop budget (``best_cell``), so the
+    evaluation split is steered once, at a setting it did not choose."""
     s = cfg.analysis.steering
     grid = steering_grid(model, tokenizer, task, split.examples, split.behaviors,
                          steering_stats(cfg, neurons.stats), list(s.tune_top_fraction),
@@ -335,7 +335,7 @@ def tune_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neuron
                          batch_size=cfg.analysis.batch_size, seed=cfg.seed,
                          num_beams=cfg.trainer.num_beams, last_prompt_only=s.last_prompt_only)
     scores = grid_scores(grid)
-    best = best_cell(scores)
+    best = best_cell(scores, s.tune_max_control, s.tune_max_clean_drop)
     return SteeringTuning(float(best["top"]), float(best["alpha"]), scores)
 
 
