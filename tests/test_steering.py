@@ -409,5 +409,11 @@ def test_grid_scores_and_the_pick_by_hand():
     assert (budget["top"], budget["alpha"]) == (0.1, 1.0)  # 0.7, while (0.05, 1) gives 0.6
     tight = best_cell(grid_scores(grid), max_control=0.0, max_clean_drop=0.0)
     assert (tight["top"], tight["alpha"]) == (0.1, 1.0)  # nothing within: the best score
+    edge = pd.DataFrame([  # a 0.02 drop computed from rates is 0.020000000000000018
+        {"top": 0.05, "k": 5, "alpha": 1.0, "min_success": 0.9, "max_control_success": 0.0,
+         "clean_acc_drop": 0.935 - 0.915, "score": 0.88},
+        {"top": 0.1, "k": 10, "alpha": 1.0, "min_success": 0.5, "max_control_success": 0.0,
+         "clean_acc_drop": 0.0, "score": 0.5}])
+    assert best_cell(edge, max_control=0.1, max_clean_drop=0.02)["top"] == 0.05
     no_control_budget = best_cell(grid_scores(grid), max_clean_drop=0.1)
     assert (no_control_budget["top"], no_control_budget["alpha"]) == (0.05, 3.0)  # 0.9

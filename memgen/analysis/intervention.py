@@ -350,10 +350,11 @@ def best_cell(scores: pd.DataFrame, max_control: float | None = None,
     if valid.empty:
         raise ValueError("steering tuning: no (top, alpha) cell had items in both directions")
     within = valid
+    eps = 1e-9  # rates are ratios of counts: 0.935 - 0.915 must count as a 0.02 drop
     if max_control is not None:
-        within = within[within["max_control_success"] <= max_control]
+        within = within[within["max_control_success"] <= max_control + eps]
     if max_clean_drop is not None:
-        within = within[within["clean_acc_drop"] <= max_clean_drop]
+        within = within[within["clean_acc_drop"] <= max_clean_drop + eps]
     if (max_control is not None or max_clean_drop is not None) and not within.empty:
         return within.sort_values(["min_success", "alpha", "k"],
                                   ascending=[False, True, True]).iloc[0]
