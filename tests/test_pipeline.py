@@ -140,6 +140,39 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
     assert steered[0][1] == result.tuning.alpha == result.steering.alpha
 
 
+def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
+    """Two sub-tasks on one model (the conflict examples split by group parity): the overlap
+    matrix is symmetric with chance levels, and every source steers every target."""
+    import dataclasses
+
+    from memgen.analysis.stages import capture, label_behaviors, run_inter_task
+
+    cfg = trained_run["cfg"]
+    trained = trained_run["objects"]["trained"]
+    behaviors = label_behaviors(cfg, trained.model, trained.tokenizer, trained.task)
+    labelled = behaviors.labelled
+    labelled.groups = [[dataclasses.replace(ex, task="even" if g % 2 == 0 else "odd")
+                        for ex in group] for g, group in enumerate(labelled.groups)]
+
+    class TwoTasks:
+        subtasks = {"even": None, "odd": None}
+
+        def __getattr__(self, name):
+            return getattr(trained.task, name)
+
+    features = capture(cfg, trained.model, trained.tokenizer, behaviors)
+    inter, metrics = run_inter_task(cfg, trained.model, trained.tokenizer, TwoTasks(), features,
+                                    behaviors)
+    assert list(inter.jaccard.index) == ["even", "odd"]
+    assert inter.jaccard.loc["even", "odd"] == inter.jaccard.loc["odd", "even"]
+    assert 0 < inter.expected.loc["even", "odd"] < 1
+    assert {"consistency/inter/even_vs_odd/jaccard", "consistency/inter/even_vs_odd/p_value",
+            "steer/cross/even_to_odd/to_gen/success",
+            "steer/cross/odd_to_even/to_mem/success"} <= set(metrics)
+    assert len(inter.cross_steering) == 2 * 2 * 2  # sources x targets x directions
+    assert inter.cross_steering["n"].gt(0).all()
+
+
 def test_inter_task_needs_a_mixture(trained_run):
     from memgen.analysis.stages import capture, label_behaviors, run_inter_task
 

@@ -445,7 +445,8 @@ def run_transfer(cfg: DictConfig, model, tokenizer, task: Task, features: Featur
 def run_inter_task(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
                    behaviors: Behaviors) -> tuple[InterTask, dict[str, float]]:
     """Per sub-task selections on the shared model, their overlap against chance, and
-    cross-task steering: neurons selected on task A steer task B's evaluation items."""
+    cross-task steering: neurons selected on task A (by the steering rule: sites, k, alpha)
+    steer task B's evaluation items."""
     names = list(getattr(task, "subtasks", {}))
     if len(names) < 2:
         raise ValueError(f"inter-task consistency needs a task=mixture of >= 2 tasks that share "
@@ -472,7 +473,8 @@ def run_inter_task(cfg: DictConfig, model, tokenizer, task: Task, features: Feat
         selections, universes={n: site_widths(st) for n, st in stats_by_task.items()})
     expected = overlap_matrix(list(selections), overlaps, "expected_jaccard")
     rows = []
-    for source, selection in selections.items():
+    for source, stats in stats_by_task.items():
+        selection = select_for_steering(cfg, stats)  # the steering rule: sites, k, alpha
         for target, split in evaluation.items():
             if not split.items:
                 continue
@@ -541,8 +543,8 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
             result.metrics |= transfer_metrics(result.transfer)
     if "consistency" in stages and cfg.analysis.consistency and hasattr(task, "subtasks"):
         try:
-            result.inter, inter_metrics_ = run_inter_task(cfg, model, tokenizer, task, features,
-                                                          behaviors)
+            result.inter, inter_metrics_ = run_inter_task(steer_cfg, model, tokenizer, task,
+                                                          features, behaviors)
             result.metrics |= inter_metrics_
         except ValueError as exc:
             result.skipped["inter_task"] = str(exc)
