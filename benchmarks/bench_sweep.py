@@ -16,6 +16,9 @@ Task and analysis settings are the defaults except ``task.n_conflict`` (``CONFLI
 2. A ``--trials`` (default 50) trial ``memgen sweep sweep=steering`` from the command's own
    start to its end (model loading, labels, activations, statistics once; every trial; the
    parent's tables and figures), one worker, one torch thread.
+3. What ``analysis.steering.tune`` adds to ``memgen run``'s steering stage: picking (k, alpha)
+   on the selection split over the default 3 x 4 grid, then steering the evaluation split
+   once, against steering it once at a fixed setting; median of ``TUNE_ROUNDS`` each.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgen.analysis.stages import run_steering  # noqa: E402
+from memgen.analysis.stages import run_steering, tune_steering, with_tuning  # noqa: E402
 from memgen.config import compose  # noqa: E402
 from memgen.sweep import plan, sweep  # noqa: E402
 from memgen.sweeps.objective import SteeringEvaluator, TrialObjective  # noqa: E402
@@ -43,6 +46,7 @@ from memgen.training.models import build_scratch_model  # noqa: E402
 from tests.helpers_sweep import fit_designed, log_model_run, store_overrides  # noqa: E402
 
 ROUNDS = 5
+TUNE_ROUNDS = 3
 CONFLICT = 100
 SMALL = {"model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2}
 
@@ -143,6 +147,40 @@ def trial_overhead(root: Path, run_id: str) -> list[dict]:
     ]
 
 
+def tuning_cost(root: Path, run_id: str) -> list[dict]:
+    p = plan(_sweep_cfg(root, run_id, 1, "tuning"))
+    ev = SteeringEvaluator(p.base, run_id)
+    fixed_cfg = trial_config(p.base, POINT)
+    args = (ev.model, ev.tokenizer, ev.task, ev.neurons)
+
+    def fixed() -> None:
+        run_steering(fixed_cfg, *args, ev.behaviors.evaluation, ev.clean)
+
+    def tuned() -> None:
+        tuning = tune_steering(p.base, *args, ev.behaviors.selection, ev.clean)
+        run_steering(with_tuning(p.base, tuning), *args, ev.behaviors.evaluation, ev.clean)
+
+    times: dict[str, list[float]] = {"fixed": [], "tuned": []}
+    for _ in range(TUNE_ROUNDS):
+        for name, fn in (("fixed", fixed), ("tuned", tuned)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    f, t = statistics.median(times["fixed"]), statistics.median(times["tuned"])
+    s = p.base.analysis.steering
+    cells = len(s.tune_top_fraction) * len(s.tune_alpha)
+    n_sel, n_eval = len(ev.behaviors.selection.items), len(ev.behaviors.evaluation.items)
+    row = {"benchmark": "sweep", "unit": "s", "target": ""}
+    return [
+        {**row, "measure": f"steering stage at a fixed setting ({n_eval} evaluation items)",
+         "value": round(f, 2)},
+        {**row, "measure": f"steering stage tuned ({cells} settings on {n_sel} selection "
+                           f"items, then the evaluation split once)", "value": round(t, 2)},
+        {"benchmark": "sweep", "measure": "tuned / fixed steering stage", "value": round(t / f, 2),
+         "unit": "ratio", "target": ""},
+    ]
+
+
 def sweep_wall(root: Path, run_id: str, trials: int) -> list[dict]:
     cfg = _sweep_cfg(root, run_id, trials, f"wall-{trials}")
     start = time.perf_counter()
@@ -170,6 +208,7 @@ def run(trials: int = 50) -> list[dict]:
         rows = [{"benchmark": "sweep", "measure": "build the designed default-shaped model run",
                  "value": round(built, 1), "unit": "s", "target": ""}]
         rows += trial_overhead(root, run_id)
+        rows += tuning_cost(root, run_id)
         rows += sweep_wall(root, run_id, trials)
     return rows
 
