@@ -128,7 +128,10 @@ def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeyp
 
     import memgen.tracking.callbacks as callbacks
 
-    def analysis_that_draws(*_args, **_kwargs):
+    seen_cfgs = []
+
+    def analysis_that_draws(cfg, *_args, **_kwargs):
+        seen_cfgs.append(cfg)
         torch.rand(100)
         torch.manual_seed(0)  # as a careless stage might
         return SimpleNamespace()
@@ -145,3 +148,5 @@ def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeyp
     callback.on_validation_epoch_end(trainer, module)
     assert logged == [3]
     assert torch.equal(torch.rand(5), expected)
+    # during training one configured (k, alpha) is steered: curves stay comparable by epoch
+    assert seen_cfgs[0].analysis.steering.tune is False

@@ -7,6 +7,8 @@ emergence of differentiating neurons, probe accuracy and steerability shows in M
 
 from __future__ import annotations
 
+import copy
+
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
@@ -25,6 +27,10 @@ class AnalysisCallback(pl.Callback):
                  stages: tuple[str, ...] | None = None) -> None:
         if every_n < 1:
             raise ValueError(f"analysis.every_n_val_epochs: expected >= 1, got {every_n}")
+        # one configured (k, alpha) for every epoch, so the steering curves are comparable:
+        # per-model tuning belongs to the final analysis
+        cfg = copy.deepcopy(cfg)
+        cfg.analysis.steering.tune = False
         self.cfg, self.run, self.every_n = cfg, run, every_n
         self.stages = tuple(stages) if stages is not None else type(self).stages
         self.n_validations = 0
