@@ -151,15 +151,21 @@ class InterTask:
 class SteeringTuning:
     """The (top_fraction, alpha) picked on the selection split, and every cell's score."""
 
-    top_fraction: float
-    alpha: float
+    best: pd.Series  # the picked row of ``scores``
     scores: pd.DataFrame  # top, k, alpha, min_success, max_control_success, clean_acc_drop
 
+    @property
+    def top_fraction(self) -> float:
+        return float(self.best["top"])
+
+    @property
+    def alpha(self) -> float:
+        return float(self.best["alpha"])
+
     def metrics(self) -> dict[str, float]:
-        best = self.scores[(self.scores["top"] == self.top_fraction)
-                           & (self.scores["alpha"] == self.alpha)].iloc[0]
         return {"steer/tuned/top_fraction": self.top_fraction, "steer/tuned/alpha": self.alpha,
-                "steer/tuned/k": float(best["k"]), "steer/tuned/score": float(best["score"])}
+                "steer/tuned/k": float(self.best["k"]),
+                "steer/tuned/score": float(self.best["score"])}
 
 
 @dataclass
@@ -328,15 +334,9 @@ def tune_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neuron
     and pick the best cell within the control / clean-drop budget (``best_cell``), so the
     evaluation split is steered once, at a setting it did not choose."""
     s = cfg.analysis.steering
-    grid = steering_grid(model, tokenizer, task, split.examples, split.behaviors,
-                         steering_stats(cfg, neurons.stats), list(s.tune_top_fraction),
-                         list(s.tune_alpha), control_names=tuple(s.controls),
-                         clean_examples=clean, max_new_tokens=cfg.task.max_new_tokens,
-                         batch_size=cfg.analysis.batch_size, seed=cfg.seed,
-                         num_beams=cfg.trainer.num_beams, last_prompt_only=s.last_prompt_only)
-    scores = grid_scores(grid)
-    best = best_cell(scores, s.tune_max_control, s.tune_max_clean_drop)
-    return SteeringTuning(float(best["top"]), float(best["alpha"]), scores)
+    scores = grid_scores(run_grid(cfg, model, tokenizer, task, neurons, split, clean,
+                                  s.tune_top_fraction, s.tune_alpha))
+    return SteeringTuning(best_cell(scores, s.tune_max_control, s.tune_max_clean_drop), scores)
 
 
 def with_tuning(cfg: DictConfig, tuning: SteeringTuning) -> DictConfig:
@@ -362,12 +362,16 @@ def run_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons
 
 
 def run_grid(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons, split: Split,
-             clean: list[Example]) -> pd.DataFrame:
-    """Success and side effects over ``grid_top_fraction`` x ``grid_alpha``."""
+             clean: list[Example], top_fractions: list[float] | None = None,
+             alphas: list[float] | None = None) -> pd.DataFrame:
+    """Success and side effects over ``grid_top_fraction`` x ``grid_alpha`` (or the given
+    fractions and alphas) on ``split``, among the steerable sites."""
     s = cfg.analysis.steering
     return steering_grid(model, tokenizer, task, split.examples, split.behaviors,
                          steering_stats(cfg, neurons.stats),
-                         list(s.grid_top_fraction), list(s.grid_alpha),
+                         list(top_fractions if top_fractions is not None
+                              else s.grid_top_fraction),
+                         list(alphas if alphas is not None else s.grid_alpha),
                          control_names=tuple(s.controls), clean_examples=clean,
                          max_new_tokens=cfg.task.max_new_tokens,
                          batch_size=cfg.analysis.batch_size, seed=cfg.seed,
