@@ -101,23 +101,42 @@ def test_shift_is_exactly_alpha_nmd_at_last_position(model, site, direction, sig
     assert not torch.equal(h1, h0)
 
 
-def test_every_pass_is_steered_or_only_the_prefill(model):
+def _peft(model):
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["c_attn"] if "GPT2" in type(model).__name__ else ["q_proj", "v_proj"]
+    return get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=targets))
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["plain", "peft"])
+def test_every_pass_is_steered_or_only_the_prefill(model, wrap):
+    """The contract of ``last_prompt_only`` under the installed transformers, with batched,
+    left-padded generation (prompts of different lengths): True steers the prefill pass only,
+    False every pass. Also through a peft wrapper, and for a plain forward after a generate."""
+    import copy
+
+    subject = _peft(copy.deepcopy(model)).eval() if wrap else model
+    prompts = PROMPTS[:4]
     for last_prompt_only, steered_passes in [(False, [True, True, True]),
                                              (True, [True, False, False])]:
         before, after = [], []
-        handles = [_capture(model, "resid.1", before)]
+        handles = [_capture(subject, "resid.1", before)]
         try:
-            with steer(model, SEL, 1.0, "to_mem", last_prompt_only=last_prompt_only):
-                handles.append(_capture(model, "resid.1", after))
-                generate(model, TOK, PROMPTS[:3], max_new_tokens=3)
+            with steer(subject, SEL, 1.0, "to_mem", last_prompt_only=last_prompt_only):
+                handles.append(_capture(subject, "resid.1", after))
+                generate(subject, TOK, prompts, max_new_tokens=3, batch_size=len(prompts))
+                n_generate = len(before)
+                _logits(subject, prompts)  # a plain forward is a prefill: steered
         finally:
             for handle in handles:
                 handle.remove()
         # a forward per token (EOS may stop early); prefill first, then one position per pass
-        assert len(before) == len(after) >= 2 and before[0].shape[1] > 1
-        assert all(h.shape[1] == 1 for h in before[1:])
+        assert len(before) == len(after) >= 3 and before[0].shape[1] > 1
+        assert all(h.shape[1] == 1 for h in before[1:n_generate])
+        assert before[0].shape[0] == len(prompts)  # one batch
         got = [not torch.equal(a, b) for a, b in zip(after, before, strict=True)]
-        assert got == steered_passes[:len(got)]
+        assert got[:n_generate] == steered_passes[:n_generate]
+        assert got[n_generate] is True
 
 
 def test_batched_steered_generation_equals_unbatched(model):

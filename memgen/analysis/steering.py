@@ -3,9 +3,15 @@
 ``h[:, -1, i] += alpha * NMD_i`` steers toward MEM and ``-=`` toward GEN, on every forward pass:
 the prefill (under LEFT padding position -1 is every prompt's last token) and then each generated
 token, whose forward pass has sequence length 1 with the KV cache. ``last_prompt_only`` restricts
-the shift to the prefill pass. A pass is the prefill when the KV cache it receives is empty, which
-holds for every ``generate`` call and every plain forward; it needs ``use_cache=True`` generation
-(the default) and no chunked prefill.
+the shift to the prefill pass.
+
+What "prefill" rests on: only the public forward contract of Hugging Face causal LMs, read by a
+pre-hook on the model's own ``forward`` call. ``attention_mask`` covers the cached positions plus
+the new ones, so a pass is the prefill when its new tokens (``input_ids`` or ``inputs_embeds``)
+span the whole mask, or when no mask is given (a plain forward). Nothing depends on how
+``generate`` hands over its KV cache (that changed in transformers 5.24 and silently made every
+generated token steered). Needs ``use_cache=True`` generation (the default: without a cache every
+pass re-reads the whole sequence and is steered) and no chunked prefill.
 
 The hooks build new tensors (no in-place writes on the hooked activation) and are always removed,
 also when the body raises.
@@ -89,25 +95,23 @@ def plan_shifts(model: nn.Module, selection: NeuronSelection, alpha: float, dire
     return plan
 
 
-def _decoder(model: nn.Module) -> nn.Module:
-    """The decoder stack (GPT-2 ``transformer``, Llama ``model``): it receives the KV cache."""
-    base = unwrap(model)
-    for name in ("transformer", "model"):
-        inner = getattr(base, name, None)
-        if isinstance(inner, nn.Module) and (hasattr(inner, "h") or hasattr(inner, "layers")):
-            return inner
-    raise ValueError(f"unsupported architecture {type(base).__name__}: no decoder stack found")
+def _new_tokens(args: tuple, kwargs: dict) -> int | None:
+    """How many positions this forward call computes (``input_ids`` or ``inputs_embeds``)."""
+    for value in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args[:1]):
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return int(value.shape[1])
+    return None
 
 
-def _cache_is_empty(cache) -> bool:
-    if cache is None:
+def is_prefill(args: tuple, kwargs: dict) -> bool:
+    """A forward call is the prefill when its new tokens cover its whole attention mask."""
+    mask = kwargs.get("attention_mask")
+    if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
+        mask = args[1]  # positional (input_ids, attention_mask)
+    new = _new_tokens(args, kwargs)
+    if not isinstance(mask, torch.Tensor) or new is None:
         return True
-    get_length = getattr(cache, "get_seq_length", None)
-    if callable(get_length):
-        return int(get_length()) == 0
-    if isinstance(cache, (tuple, list)):  # legacy ((k, v), ...) format
-        return len(cache) == 0 or cache[0][0].shape[-2] == 0
-    return False
+    return new >= int(mask.shape[-1])
 
 
 def _shift_last(shift: _SiteShift, state: dict | None):
@@ -136,13 +140,16 @@ def steer(model: nn.Module, selection: NeuronSelection, alpha: float, direction:
     state = {"prefill": True}
     handles: list[RemovableHandle] = []
 
-    def track_prefill(_module, _args, kwargs):
-        state["prefill"] = _cache_is_empty(kwargs.get("past_key_values"))
+    def track_prefill(_module, args, kwargs):
+        state["prefill"] = is_prefill(args, kwargs)
 
     try:
         if last_prompt_only:
-            handles.append(_decoder(model).register_forward_pre_hook(track_prefill,
-                                                                     with_kwargs=True))
+            # the wrapper's forward (a peft model called directly) and the transformers model's
+            # (``generate`` calls it, and peft's forward reaches it without its hooks)
+            for module in dict.fromkeys((model, unwrap(model))):
+                handles.append(module.register_forward_pre_hook(track_prefill,
+                                                                with_kwargs=True))
         for site, shift in plan.items():
             handles.append(hook_site(model, site,
                                      _shift_last(shift, state if last_prompt_only else None)))
