@@ -1,21 +1,24 @@
-# memgen: `make run` (the main job) and `make test` set up .venv themselves.
+# memgen: `make run` (the main job) and `make test` set up .venv themselves, from the lock.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
+LOCK := requirements.lock
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 ARGS ?=
 
-.PHONY: setup run test ui bench lint clean
+.PHONY: setup run test test-latest lock ui bench lint clean
 
 setup: $(STAMP)
 
-# Re-installs only when pyproject.toml or the torch pin changes: seconds when nothing did.
-$(STAMP): pyproject.toml
+# Installs the exact versions of $(LOCK) (torch is $(TORCH), kept out of the lock so that GPU
+# users can pick a build). Re-installs only when pyproject.toml, the lock or the torch pin
+# changes: seconds when nothing did.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -c $(LOCK) -e ".[dev]"
 	@echo "$(TORCH)" > $(STAMP)
 
 # A different TORCH= than the one installed triggers a reinstall.
@@ -31,6 +34,28 @@ run: setup
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
+# Refresh the lock on purpose: the newest releases that pyproject.toml's ranges admit, resolved
+# in a throw-away venv next to $(TORCH), frozen to exact versions. Run `make test` after it.
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q $(TORCH)
+	.venv-lock/bin/python -m pip install -q ".[dev]"
+	{ echo "# Exact versions memgen's tests passed with; refresh with 'make lock'."; \
+	  echo "# torch is installed separately (make TORCH=...), so it is not pinned here."; \
+	  .venv-lock/bin/python -m pip freeze --exclude torch --exclude memgen; } > $(LOCK)
+	rm -rf .venv-lock
+
+# An early warning, not part of CI: the newest release of every dependency (no lock) in a
+# separate venv, then the whole suite. Torch stays $(TORCH) (TORCH=torch tries the newest).
+test-latest:
+	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python -m pip install -q $(TORCH)
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m memgen.environment
+	.venv-latest/bin/python -m pytest $(ARGS)
+
 ui: setup
 	$(BIN)/memgen ui $(ARGS)
 
@@ -41,4 +66,4 @@ lint: setup
 	$(BIN)/ruff check memgen tests benchmarks
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) .venv-latest .venv-lock outputs .pytest_cache

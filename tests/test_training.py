@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +61,15 @@ def test_tiny_training_run_learns_and_is_tracked(tmp_path):
     assert run.data.params["task.name"] == "arithmetic"
     for tag in ("task", "model.kind", "seed", "git.commit", "memgen.version"):
         assert tag in run.data.tags
+    # the environment it ran with: exact versions, as tags and as an artifact
+    import transformers
+
+    assert run.data.tags["env.transformers"] == transformers.__version__
+    assert run.data.tags["env.torch"] == torch.__version__
+    env = json.loads(Path(client.download_artifacts(run_id, "environment.json",
+                                                    str(tmp_path / "env"))).read_text())
+    assert env["transformers"] == transformers.__version__
+    assert env["pytorch-lightning"] == run.data.tags["env.pytorch-lightning"] != "not installed"
     for key in ("val/mem_rate", "val/gen_rate", "val/other_rate", "val/behavior_balance",
                 "kept/mem_rate"):
         assert key in run.data.metrics

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import memgen
 from memgen.config import PROJECT_ROOT
+from memgen.environment import environment, environment_tags
 from memgen.tracking.interrupts import (
     deferred,
     deferring,
@@ -114,7 +115,7 @@ def run_tags(cfg: DictConfig, command: str) -> dict[str, str]:
         "seed": str(cfg.seed),
         "git.commit": git_commit(),
         "memgen.version": memgen.__version__,
-    }
+    } | environment_tags()
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
@@ -159,7 +160,9 @@ def _open_run(cfg: DictConfig, command: str, run_id: str | None,
     if run_id is not None:
         run = client.get_run(run_id)
         client.update_run(run_id, status="RUNNING")
-        return TrackedRun(client, run_id, run.info.experiment_id, uri)
+        resumed = TrackedRun(client, run_id, run.info.experiment_id, uri)
+        resumed.log_dict(environment(), f"environment/resumed-{int(time.time())}.json")
+        return resumed
     experiment_id = get_experiment_id(client, cfg)
     tags = run_tags(cfg, command) | dict(extra_tags or {})
     if parent_run_id:
@@ -168,6 +171,7 @@ def _open_run(cfg: DictConfig, command: str, run_id: str | None,
     tracked = TrackedRun(client, run.info.run_id, experiment_id, uri)
     tracked.log_params(flatten(cfg))
     tracked.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
+    tracked.log_dict(environment(), "environment.json")
     return tracked
 
 
