@@ -141,7 +141,7 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
 
 
 def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
-    """Two sub-tasks on one model (the conflict examples split by group parity): the overlap
+    """Two sub-tasks on one model (the conflict examples alternate between them): the overlap
     matrix is symmetric with chance levels, and every source steers every target."""
     import dataclasses
 
@@ -151,8 +151,16 @@ def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
     trained = trained_run["objects"]["trained"]
     behaviors = label_behaviors(cfg, trained.model, trained.tokenizer, trained.task)
     labelled = behaviors.labelled
-    labelled.groups = [[dataclasses.replace(ex, task="even" if g % 2 == 0 else "odd")
-                        for ex in group] for g, group in enumerate(labelled.groups)]
+    # Sub-tasks built deliberately, whatever this CPU's training produced: the groups of each
+    # split alternate between them. Split items come from pairs, so every group holds MEM and
+    # GEN items, and each sub-task gets both behaviors on both splits.
+    sub_task = {}
+    for split in (behaviors.selection, behaviors.evaluation):
+        groups = sorted({g for g, _ in split.items})
+        assert len(groups) >= 2, "the shared model needs pairs from >= 2 examples per split"
+        sub_task |= {g: ("even", "odd")[i % 2] for i, g in enumerate(groups)}
+    labelled.groups = [[dataclasses.replace(ex, task=sub_task.get(g, "even")) for ex in group]
+                       for g, group in enumerate(labelled.groups)]
 
     class TwoTasks:
         subtasks = {"even": None, "odd": None}
