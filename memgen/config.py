@@ -165,6 +165,30 @@ class SweepConfig:
 
 
 @dataclass
+class ReplicateConfig:
+    """``memgen replicate``: the same experiment over several training seeds."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    workers: int = 1  # parallel processes; the cores are split between them
+    name: str | None = None  # the parent run's name (default: replicate-<task>-<config digest>)
+
+
+@dataclass
+class ClaimsConfig:
+    """Thresholds of the claims scorecard (memgen/replicates/claims.py): each of the paper's
+    findings as a test on a run's summary metrics."""
+
+    min_behavior_rate: float = 0.2  # kept checkpoint: MEM and GEN each at least this
+    min_pairs: int = 200  # MEM/GEN pairs for the analysis
+    min_r_margin: float = 0.0  # max |r| above the shuffled-label q95 by more than this
+    min_probe_margin: float = 0.05  # best probe above its strongest baseline by at least this
+    min_steer_margin: float = 0.5  # success above the strongest control, weaker direction
+    max_clean_drop: float = 0.02  # clean-input accuracy lost to steering, worse direction
+    max_p_value: float = 0.01  # overlap p-values (intra-task halves, inter-task pairs)
+    min_transfer_margin: float = 0.0  # half B's neurons on half A: success above controls
+
+
+@dataclass
 class Config:
     seed: int = 0
     output_dir: str = "outputs"
@@ -175,6 +199,8 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    replicate: ReplicateConfig = field(default_factory=ReplicateConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
 
 
 def conf_dir() -> Path:
@@ -279,6 +305,7 @@ def validate(cfg: DictConfig) -> None:
     _require(0 < tr.limit_train_batches <= 1, "trainer.limit_train_batches", "a fraction in (0, 1]",
              tr.limit_train_batches)
     _validate_selection(a.top_k, a.top_fraction, "analysis")
+    validate_replicate(cfg)
     s = a.steering
     _validate_selection(s.top_k, s.top_fraction, "analysis.steering", allow_none=True)
     _require(math.isfinite(s.alpha) and s.alpha >= 0, "analysis.steering.alpha",
@@ -317,6 +344,46 @@ def validate(cfg: DictConfig) -> None:
         kind, _, layer = site.partition(".")
         _require(site in ("all", "resid", "mlp") or (kind in ("resid", "mlp") and layer.isdigit()),
                  "analysis.sites", "'resid', 'mlp', 'all' or names like 'resid.3'", site)
+
+
+def validate_replicate(cfg: DictConfig) -> None:
+    """``replicate.*`` and ``claims.*``; unknown claim keys already fail in the schema merge."""
+    r, c = cfg.replicate, cfg.claims
+    seeds = list(r.seeds)
+    _require(len(seeds) > 0, "replicate.seeds", "a non-empty list of seeds", seeds)
+    _require(len(set(seeds)) == len(seeds), "replicate.seeds", "distinct seeds", seeds)
+    _require(all(seed >= 0 for seed in seeds), "replicate.seeds", "integers >= 0", seeds)
+    _require(r.workers >= 1, "replicate.workers", "an integer >= 1", r.workers)
+    for key in ("min_behavior_rate", "max_clean_drop", "max_p_value"):
+        _require(0 <= c[key] <= 1, f"claims.{key}", "a fraction in [0, 1]", c[key])
+    for key in ("min_r_margin", "min_probe_margin", "min_steer_margin", "min_transfer_margin"):
+        _require(math.isfinite(c[key]) and -1 <= c[key] <= 1, f"claims.{key}",
+                 "a finite margin in [-1, 1]", c[key])
+    _require(c.min_pairs >= 0, "claims.min_pairs", "an integer >= 0", c.min_pairs)
+
+
+# Sections and keys that change where and how fast a run goes, not what it computes.
+RESULT_NEUTRAL = ("tracking", "output_dir", "replicate", "claims", "resume",
+                  "trainer.num_threads", "trainer.progress_bar")
+
+
+def config_digest(cfg: DictConfig, drop: tuple[str, ...] = (), extra: str = "") -> str:
+    """Six hex digits of what defines an experiment's results: the default names of studies
+    and replicates change with it, so another setting never resumes an unrelated one.
+
+    ``drop`` names top-level sections or ``section.key`` entries that do not change results.
+    """
+    import hashlib
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in drop:
+        section, _, leaf = key.partition(".")
+        if leaf:
+            (data.get(section) or {}).pop(leaf, None)
+        else:
+            data.pop(section, None)
+    text = OmegaConf.to_yaml(OmegaConf.create(data)) + extra
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
 def _validate_selection(top_k: int | None, top_fraction: float | None, prefix: str,

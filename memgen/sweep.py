@@ -15,7 +15,6 @@ Re-running the same study name on the same storage resumes the study and its par
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 import time
@@ -26,7 +25,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.config import ConfigError, to_schema
+from memgen.config import RESULT_NEUTRAL, ConfigError, config_digest, to_schema
 from memgen.sweeps.objectives import Objective, parse_objectives
 from memgen.sweeps.report import log_study
 from memgen.sweeps.space import Param, check_space, parse_space
@@ -118,15 +117,9 @@ def config_hash(base: DictConfig, model_run_id: str | None) -> str:
     The search space and the objectives count (another space must not resume a study whose
     trials were drawn from a different one); trial counts, workers and storage do not.
     """
-    data = OmegaConf.to_container(base, resolve=True)
-    sweep = data.pop("sweep", {}) or {}
-    data["study"] = {key: sweep.get(key) for key in ("kind", "space", "objectives")}
-    for key in ("tracking", "output_dir"):
-        data.pop(key, None)
-    for key in ("num_threads", "progress_bar"):
-        data["trainer"].pop(key, None)
-    text = OmegaConf.to_yaml(OmegaConf.create(data)) + str(model_run_id)
-    return hashlib.sha256(text.encode()).hexdigest()[:6]
+    study = OmegaConf.create({key: base.sweep[key] for key in ("kind", "space", "objectives")})
+    return config_digest(base, drop=RESULT_NEUTRAL + ("sweep",),
+                         extra=OmegaConf.to_yaml(study) + str(model_run_id))
 
 
 def plan(cfg: DictConfig) -> Plan:
