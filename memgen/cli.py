@@ -20,6 +20,7 @@ COMMANDS = {
     "run": "train, then find neurons, probe, steer and check consistency (the main job)",
     "train": "train a model on a task, tracked in MLflow",
     "sweep": "an Optuna study over config keys (sweep=steering or sweep=training)",
+    "replicate": "the same run over replicate.seeds: across-seed CIs and the claims scorecard",
     "pretrain": "train a small Llama on generic task text and save it as a local LoRA base",
     "ui": "start the MLflow UI on the local store, bound to 127.0.0.1",
 }
@@ -88,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from memgen.sweep import sweep  # noqa: PLC0415
 
             metrics, objects = sweep(cfg)
+        elif args.command == "replicate":
+            from memgen.replicates.command import replicate  # noqa: PLC0415
+
+            metrics, objects = replicate(cfg)
         elif args.command == "pretrain":
             from memgen.pretrain import pretrain  # noqa: PLC0415
 
@@ -104,6 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if "summary" in objects:
         print(objects["summary"])
+    if args.command == "replicate":  # the scorecard is the summary; aggregates are in the run
+        print(f"\nparent run {objects['run_id']}: per-metric mean and 95% CI in "
+              f"replicate/aggregates.csv")
+        return 0
     print_summary(metrics, objects.get("run_id", ""), cfg)
     return 0
 

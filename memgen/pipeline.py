@@ -19,9 +19,11 @@ from omegaconf import DictConfig
 from memgen.analysis.sites import resolve_sites, site_width
 from memgen.analysis.stages import analyse_model, steering_sites
 from memgen.config import ConfigError
+from memgen.replicates.claims import format_scorecard, score_claims
 from memgen.tasks import Task
 from memgen.tracking.callbacks import AnalysisCallback
 from memgen.tracking.lightning import make_checkpoints, make_logger
+from memgen.tracking.replicate_report import log_scorecard
 from memgen.tracking.report import log_analysis, summary
 from memgen.tracking.run import TrackedRun, tracked_run
 from memgen.tracking.store import check_store, tracking_uri
@@ -199,17 +201,21 @@ def train(cfg: DictConfig, command: str = "train") -> tuple[dict[str, float], di
     return _execute(cfg, command, analyse=False)
 
 
-def run(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """The main job: train, then analyse the kept checkpoint, all in one run."""
-    return _execute(cfg, "run", analyse=cfg.analysis.enabled)
+def run(cfg: DictConfig, parent_run_id: str | None = None, run_name: str | None = None
+        ) -> tuple[dict[str, float], dict[str, Any]]:
+    """The main job: train, then analyse the kept checkpoint, all in one run (a child of
+    ``parent_run_id`` when a replicate runs it)."""
+    return _execute(cfg, "run", analyse=cfg.analysis.enabled, parent_run_id=parent_run_id,
+                    run_name=run_name)
 
 
-def _execute(cfg: DictConfig, command: str, analyse: bool
-             ) -> tuple[dict[str, float], dict[str, Any]]:
+def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | None = None,
+             run_name: str | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Validate, then in one run: fit, log the kept checkpoint's rates and model, analyse."""
     ckpt_path = resume_checkpoint(cfg, cfg.resume) if cfg.resume else None
     task, tokenizer, model = prepare(cfg)
-    with tracked_run(cfg, command, run_id=cfg.resume) as tracked:
+    with tracked_run(cfg, command, run_id=cfg.resume, parent_run_id=parent_run_id,
+                     run_name=run_name) as tracked:
         trained = fit(cfg, tracked, task, tokenizer, model, ckpt_path=ckpt_path)
         rates = kept_checkpoint_rates(cfg, trained)
         tracked.log_metrics(rates)
@@ -222,7 +228,10 @@ def _execute(cfg: DictConfig, command: str, analyse: bool
                                      allow_no_pairs=True)
             log_analysis(tracked, analysis, step=trained.epochs_done)
             trained.metrics |= analysis.metrics
-            objects |= {"analysis": analysis, "summary": summary(analysis)}
+            claims = score_claims(trained.metrics, cfg.claims)
+            log_scorecard(tracked, claims, step=trained.epochs_done)
+            objects |= {"analysis": analysis, "claims": claims,
+                        "summary": summary(analysis) + "\n\nclaims\n" + format_scorecard(claims)}
     return trained.metrics, objects
 
 

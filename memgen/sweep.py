@@ -41,6 +41,7 @@ from memgen.sweeps.storage import (
 from memgen.sweeps.worker import Job, run_workers, split_trials
 from memgen.tracking import load
 from memgen.tracking.run import tracked_run
+from memgen.tracking.search import runs_tagged
 from memgen.tracking.store import check_store, tracking_uri
 
 KINDS = ("steering", "training")
@@ -159,13 +160,8 @@ def find_parent(p: Plan, study) -> str | None:
                 return run_id
         except mlflow.exceptions.MlflowException:
             pass  # recorded by another tracking store
-    exp = client.get_experiment_by_name(p.base.tracking.experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs(
-        [exp.experiment_id], order_by=["attributes.start_time ASC"],
-        filter_string=f"tags.`memgen.sweep.study` = '{p.study_name}' and "
-                      f"tags.`memgen.command` = 'sweep'")
+    runs = runs_tagged(client, p.base.tracking.experiment,
+                       {"memgen.sweep.study": p.study_name, "memgen.command": "sweep"})
     storage = redact(p.storage)
     runs = [r for r in runs if r.data.tags.get("memgen.sweep.storage") == storage]
     return runs[0].info.run_id if runs else None

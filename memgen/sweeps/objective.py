@@ -103,14 +103,14 @@ class TrainingEvaluator:
         return metrics
 
 
-def _failed_child(base: DictConfig, parent_run_id: str, name: str, tags: Mapping[str, str],
-                  params: Mapping[str, Any], error: str) -> None:
-    """A FAILED child for a trial whose sampled config is invalid: nothing ran, but the UI
-    shows which values were tried and why they were refused."""
+def failed_child(base: DictConfig, parent_run_id: str, name: str, tags: Mapping[str, str],
+                 params: Mapping[str, Any], error: str, command: str = TRIAL_COMMAND) -> None:
+    """A FAILED child for a trial (or replicate seed) that failed before its run existed:
+    nothing ran, but the UI shows which values were tried and why they were refused."""
     client = MlflowClient(tracking_uri(base))
     experiment_id = get_experiment_id(client, base)
     run = client.create_run(experiment_id, run_name=name, tags={
-        **tags, "mlflow.parentRunId": parent_run_id, "memgen.command": TRIAL_COMMAND,
+        **tags, "mlflow.parentRunId": parent_run_id, "memgen.command": command,
         "optuna.state": "FAIL", "memgen.error": error[:5000]})
     tracked = TrackedRun(client, run.info.run_id, experiment_id, tracking_uri(base))
     tracked.log_params(params)
@@ -136,7 +136,7 @@ class TrialObjective:
         try:
             cfg = trial_config(self.base, values)
         except ConfigError as exc:
-            _failed_child(self.base, self.parent_run_id, name, tags, values, str(exc))
+            failed_child(self.base, self.parent_run_id, name, tags, values, str(exc))
             raise
         pruned: optuna.TrialPruned | None = None
         with tracked_run(cfg, TRIAL_COMMAND, parent_run_id=self.parent_run_id, run_name=name,

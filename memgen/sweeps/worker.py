@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,29 +76,33 @@ def run_worker(job: Job) -> None:
     study.optimize(objective, n_trials=job.n_trials, timeout=timeout, catch=(Exception,))
 
 
-def _spawned(job: Job, errors) -> None:
+def _spawned(target: Callable[[Any], None], job: Any, errors) -> None:
     try:
-        run_worker(job)
+        target(job)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised
-        errors.put((job.worker, type(exc).__name__, str(exc), traceback.format_exc()))
+        errors.put((getattr(job, "worker", 0), type(exc).__name__, str(exc),
+                    traceback.format_exc()))
         raise
 
 
-def run_workers(jobs: list[Job]) -> None:
-    """One job in this process (so tests can spy on it); more in spawned processes."""
+def run_parallel(target: Callable[[Any], None], jobs: Sequence[Any], label: str) -> None:
+    """``target(job)`` for each job: one in this process (so tests can spy on it), more in
+    spawned processes. A ConfigError in a worker is re-raised as one; any other failure as a
+    RuntimeError naming its last line. Ctrl-C terminates the workers (their runs end KILLED).
+    """
     if len(jobs) == 1:
-        run_worker(jobs[0])
+        target(jobs[0])
         return
     ctx = mp.get_context("spawn")
     errors = ctx.Queue()
-    procs = [ctx.Process(target=_spawned, args=(job, errors), name=f"memgen-sweep-{job.worker}")
-             for job in jobs]
+    procs = [ctx.Process(target=_spawned, args=(target, job, errors), name=f"{label}-{i}")
+             for i, job in enumerate(jobs)]
     for proc in procs:
         proc.start()
     try:
         for proc in procs:
             proc.join()
-    except BaseException:  # Ctrl-C: stop the workers; their trial runs end KILLED
+    except BaseException:  # Ctrl-C: stop the workers; their runs end KILLED
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
@@ -113,4 +118,9 @@ def run_workers(jobs: list[Job]) -> None:
     bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
     if reports or bad:
         detail = reports[0][3].strip().splitlines()[-1] if reports else f"exit codes {bad}"
-        raise RuntimeError(f"sweep worker failed: {detail}")
+        raise RuntimeError(f"{label} worker failed: {detail}")
+
+
+def run_workers(jobs: list[Job]) -> None:
+    """The sweep's workers, each running its share of trials."""
+    run_parallel(run_worker, jobs, "memgen-sweep")

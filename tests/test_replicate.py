@@ -1,0 +1,240 @@
+"""``memgen replicate``: parent and children, aggregates against numpy/scipy, resume, a failing
+seed, parallel workers, the claims scorecard and its bad inputs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy import stats
+
+from memgen.cli import main
+from memgen.config import compose
+from memgen.replicates.aggregate import aggregate, describe, t_interval
+from memgen.replicates.claims import FAIL, NA, PASS, score_claims
+from memgen.replicates.command import replicate, split_seeds, summarise
+from tests.conftest import tiny_overrides
+
+SEEDS = [0, 1, 2]
+
+
+def replicate_overrides(root: Path, **extra: object) -> list[str]:
+    return tiny_overrides(root, **{"replicate.seeds": "[0,1,2]", "trainer.num_threads": 1,
+                                   "tracking.log_model": False,
+                                   "tracking.log_checkpoints": False, **extra})
+
+
+def _children(cfg, parent_id: str):
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    return client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'")
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("replicate")
+    cfg = compose(replicate_overrides(root))
+    metrics, objects = replicate(cfg)
+    return {"cfg": cfg, "metrics": metrics, "objects": objects, "root": root}
+
+
+# -- statistics -------------------------------------------------------------------------------
+def test_t_interval_is_scipys_and_describe_is_numpys():
+    values = [0.2, 0.35, 0.5, 0.41]
+    low, high = t_interval(values)
+    mean, sem = np.mean(values), stats.sem(values)
+    assert (low, high) == pytest.approx(stats.t.interval(0.95, 3, loc=mean, scale=sem))
+    d = describe(values)
+    assert d["mean"] == pytest.approx(mean) and d["std"] == pytest.approx(np.std(values, ddof=1))
+    assert d["median"] == pytest.approx(np.median(values))
+    assert (d["min"], d["max"], d["n"]) == (0.2, 0.5, 4)
+    assert all(math.isnan(x) for x in t_interval([0.3]))
+    assert t_interval([0.3, 0.3]) == (0.3, 0.3)
+
+
+def test_aggregate_keeps_only_metrics_every_seed_has():
+    per_seed = {0: {"a": 1.0, "b": 2.0, "train/loss_step": 3.0}, 1: {"a": 3.0, "b": math.nan}}
+    table = aggregate(per_seed)
+    assert list(table["metric"]) == ["a"]
+    assert table.iloc[0]["mean"] == 2.0
+
+
+def test_split_seeds_round_robin():
+    assert split_seeds([0, 1, 2, 3, 4], 2) == [[0, 2, 4], [1, 3]]
+    assert split_seeds([7], 3) == [[7]]
+
+
+# -- the scorecard ----------------------------------------------------------------------------
+GOOD_RUN = {
+    "kept/mem_rate": 0.3, "kept/gen_rate": 0.4, "pairs/n": 250.0,
+    "pairs/n_examples_with_pairs": 40.0,
+    "neurons/max_abs_r": 0.8, "neurons/chance_max_abs_r_q95": 0.3,
+    "probe/best_acc": 0.95, "probe/baseline/input_only_acc": 0.6,
+    "probe/baseline/shuffled_acc": 0.55, "probe/baseline/majority_acc": 0.57,
+    "steer/to_gen/success": 0.9, "steer/to_mem/success": 0.8,
+    "steer/to_gen/control_random/success": 0.05, "steer/to_gen/control_low_r/success": 0.1,
+    "steer/to_mem/control_random/success": 0.2, "steer/to_mem/control_shuffled/success": 0.0,
+    "side/clean_acc_drop": 0.01, "side/clean_acc": 0.98,
+    "consistency/intra/jaccard": 0.6, "consistency/intra/expected_jaccard": 0.05,
+    "consistency/intra/p_value": 1e-9,
+    "consistency/intra/transfer/to_gen/success": 0.7,
+    "consistency/intra/transfer/to_mem/success": 0.6,
+    "consistency/intra/transfer/to_gen/control_random/success": 0.1,
+    "consistency/intra/transfer/to_mem/control_random/success": 0.1,
+}
+
+
+def test_scorecard_statistics_are_the_hand_computed_margins():
+    rows = {r.name: r for r in score_claims(GOOD_RUN, compose([]).claims)}
+    assert rows["behaviors"].value == 0.3
+    assert rows["differentiation"].value == pytest.approx(0.5)
+    assert rows["prediction"].value == pytest.approx(0.95 - 0.6)
+    assert rows["steering"].value == pytest.approx(min(0.9 - 0.1, 0.8 - 0.2))
+    assert rows["transfer"].value == pytest.approx(0.5)
+    assert rows["consistency"].value == 1e-9
+    verdicts = {name: r.verdict for name, r in rows.items()}
+    assert verdicts == {name: PASS for name in rows} | {"inter_task": NA}
+
+
+@pytest.mark.parametrize("claim,key,across", [
+    ("behaviors", "min_behavior_rate", 0.3), ("pairs", "min_pairs", 250),
+    ("differentiation", "min_r_margin", 0.5), ("prediction", "min_probe_margin", 0.35),
+    ("steering", "min_steer_margin", 0.6), ("side_effects", "max_clean_drop", 0.01),
+    ("consistency", "max_p_value", 1e-9), ("transfer", "min_transfer_margin", 0.5),
+])
+def test_verdict_flips_when_the_threshold_crosses_the_statistic(claim, key, across):
+    cfg = compose([])
+    below, above = across * 0.9, across * 1.1
+    lenient, strict = (below, above) if key.startswith("min") else (above, below)
+    for threshold, verdict in ((lenient, PASS), (strict, FAIL)):
+        claims = dict(cfg.claims) | {key: threshold}
+        rows = {r.name: r for r in score_claims(GOOD_RUN, claims)}
+        assert rows[claim].verdict == verdict, (claim, threshold)
+
+
+def test_missing_measurements_are_not_applicable():
+    rows = score_claims({"kept/mem_rate": 0.5, "kept/gen_rate": 0.1}, compose([]).claims)
+    verdicts = {r.name: r.verdict for r in rows}
+    assert verdicts["behaviors"] == FAIL
+    assert {verdicts[n] for n in ("steering", "prediction", "consistency")} == {NA}
+
+
+# -- bad input --------------------------------------------------------------------------------
+@pytest.mark.parametrize("override,key", [
+    ("replicate.seeds=[]", "replicate.seeds"),
+    ("replicate.seeds=[1,1]", "replicate.seeds"),
+    ("replicate.workers=0", "replicate.workers"),
+    ("claims.bogus=1", "claims.bogus"),
+    ("claims.max_p_value=2", "claims.max_p_value"),
+])
+def test_bad_replicate_input_is_one_line_and_exit_2(tmp_path, capsys, override, key):
+    store = tmp_path / "mlruns"
+    code = main(["replicate", f"tracking.uri=sqlite:///{store}/mlflow.db",
+                 f"output_dir={tmp_path / 'out'}", override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and key in err, err
+    assert not (store / "mlflow.db").exists()  # nothing ran, nothing was written
+
+
+# -- end to end -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_three_seeds_make_one_parent_and_three_finished_children(three_seeds):
+    cfg, parent_id = three_seeds["cfg"], three_seeds["objects"]["run_id"]
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("memgen.command") == "replicate"]
+    assert [r.info.run_id for r in parents] == [parent_id]
+    assert parents[0].info.status == "FINISHED"
+    kids = _children(cfg, parent_id)
+    assert sorted(int(r.data.tags["seed"]) for r in kids) == SEEDS
+    assert {r.info.status for r in kids} == {"FINISHED"}
+    assert {r.data.tags["memgen.command"] for r in kids} == {"run"}  # ordinary runs
+    artifacts = {a.path for a in client.list_artifacts(parent_id)}
+    assert {"claims.csv", "claims_summary.csv", "replicate", "claims"} <= artifacts
+
+
+@pytest.mark.slow
+def test_parent_mean_and_ci_equal_numpy_scipy_on_the_children(three_seeds):
+    cfg, parent_id = three_seeds["cfg"], three_seeds["objects"]["run_id"]
+    client = MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(parent_id).data.metrics
+    kids = _children(cfg, parent_id)
+    shared = set.intersection(*(set(r.data.metrics) for r in kids))
+    aggregated = {k.removesuffix("/mean") for k in parent if k.endswith("/mean")}
+    assert {"kept/mem_rate", "kept/gen_rate", "val/behavior_balance"} <= aggregated <= shared
+    assert not any(k.startswith(("train/", "claims/")) for k in aggregated)
+    for key in aggregated:
+        values = [r.data.metrics[key] for r in kids]
+        mean = float(np.mean(values))
+        assert parent[f"{key}/mean"] == pytest.approx(mean), key
+        if np.std(values) > 0:
+            low, high = stats.t.interval(0.95, len(values) - 1, loc=mean, scale=stats.sem(values))
+        else:
+            low = high = mean
+        assert (parent[f"{key}/ci_low"], parent[f"{key}/ci_high"]) == pytest.approx((low, high))
+    assert parent["replicate/n_finished"] == 3 and parent["replicate/n_failed"] == 0
+    per_seed = pd.read_csv(client.download_artifacts(parent_id, "replicate/per_seed.csv",
+                                                     str(three_seeds["root"] / "dl")))
+    assert sorted(per_seed["seed"]) == SEEDS
+    assert "claims/behaviors/pass_rate" in parent
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_seeds(three_seeds):
+    cfg, parent_id = three_seeds["cfg"], three_seeds["objects"]["run_id"]
+    metrics, objects = replicate(cfg)
+    assert objects["run_id"] == parent_id
+    assert len(_children(cfg, parent_id)) == 3
+    assert metrics["kept/mem_rate/mean"] == three_seeds["metrics"]["kept/mem_rate/mean"]
+
+
+@pytest.mark.slow
+def test_a_failing_seed_is_counted_and_the_others_go_on(tmp_path, monkeypatch):
+    from memgen import pipeline
+
+    original = pipeline.fit
+
+    def fit_failing_on_seed_1(cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            raise RuntimeError("seed 1 breaks")
+        return original(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit", fit_failing_on_seed_1)
+    cfg = compose(replicate_overrides(tmp_path, **{"replicate.seeds": "[0,1]"}))
+    metrics, objects = replicate(cfg)
+    kids = {int(r.data.tags["seed"]): r.info.status for r in _children(cfg, objects["run_id"])}
+    assert kids == {0: "FINISHED", 1: "FAILED"}
+    assert metrics["replicate/n_failed"] == 1 and metrics["replicate/n_finished"] == 1
+    assert "kept/mem_rate/mean" in metrics  # the finished seed is still aggregated
+    assert "failed: [1]" in objects["summary"]
+    # rerun: the failed seed is retried, the finished one is not
+    monkeypatch.setattr(pipeline, "fit", original)
+    metrics, objects = replicate(cfg)
+    runs = _children(cfg, objects["run_id"])
+    assert sorted((int(r.data.tags["seed"]), r.info.status) for r in runs) == [
+        (0, "FINISHED"), (1, "FAILED"), (1, "FINISHED")]
+    assert metrics["replicate/n_failed"] == 0
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_same_aggregates_as_one(three_seeds, tmp_path):
+    """Two spawned workers, one seed each, at the same thread count as the in-process run:
+    the same numbers, bit for bit, as the one-worker replicate's children of those seeds."""
+    cfg = compose(replicate_overrides(tmp_path, **{"replicate.workers": 2,
+                                                   "replicate.seeds": "[1,2]"}))
+    metrics, objects = replicate(cfg)
+    assert len(_children(cfg, objects["run_id"])) == 2
+    one = three_seeds["cfg"]
+    by_seed = {int(r.data.tags["seed"]): r.data.metrics
+               for r in _children(one, three_seeds["objects"]["run_id"])}
+    expected = summarise(one, {s: by_seed[s] for s in (1, 2)}, []).metrics
+    assert set(metrics) - {"replicate/wall_s"} == set(expected)
+    for key, value in expected.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-12), key
