@@ -184,3 +184,36 @@ def test_figure_renders(tmp_path) -> None:
     path = tmp_path / "probe_accuracy.png"
     fig.savefig(path)
     assert path.stat().st_size > 0
+
+
+# -- the input-only baseline ------------------------------------------------------------------
+def _digit_prompts(n: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [f"Input:\n{rng.randint(10, 99)}+{rng.randint(10, 99)}\nTarget:\n" for _ in range(n)]
+
+
+def test_input_only_baseline_learns_a_label_of_the_input_and_not_noise():
+    """High accuracy when the label is a function of the prompt (its first addend's parity:
+    a token in the middle of the prompt, not the shared last token), chance when it is not."""
+    from memgen.analysis.input_baseline import input_only_accuracy, token_features
+    from memgen.training.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer(["Input:\nTarget+0123456789"])
+    train, test = _digit_prompts(300, 0), _digit_prompts(200, 1)
+
+    def parity(prompts):
+        return torch.tensor([int(p.split("\n")[1][1]) % 2 for p in prompts])
+
+    acc = input_only_accuracy(tok, train, parity(train), test, parity(test))
+    assert acc >= 0.95
+    gen = torch.Generator().manual_seed(0)
+    noise_train = torch.randint(0, 2, (300,), generator=gen)
+    noise_test = torch.randint(0, 2, (200,), generator=gen)
+    acc = input_only_accuracy(tok, train, noise_train, test, noise_test)
+    assert 0.35 <= acc <= 0.65  # chance: 200 coin flips stay within +-0.15 of 0.5 w.p. > 0.9999
+    # the last token is shared by every prompt, so a last-token feature alone is constant
+    x, columns = token_features([[5, 3, 9], [4, 9]])
+    assert x[:, columns[(0, 9)]].tolist() == [1.0, 1.0]
+    assert x[0, columns[(-1, 9)]] == 1.0 and x[1, columns[(1, 4)]] == 1.0

@@ -1,8 +1,10 @@
 """Linear probes that predict behavior (MEM=1, GEN=0) from one site's activations.
 
 A probe's accuracy only means something next to baselines, so ``probe_sites`` always reports
-them alongside: the majority class of the train split, the ``resid.0`` (input-only) probe, a
-probe trained on shuffled labels, and a probe restricted to the selected top-k neurons.
+them alongside: the majority class of the train split, a probe trained on shuffled labels, and
+a probe restricted to the selected top-k neurons. The pipeline adds the input-only baseline
+(``input_baseline``: a probe on the whole prompt's tokens); without it, ``input_only_acc`` falls
+back to the ``resid.0`` probe, which at the last token sees little of the input.
 
 Probes are L2-regularized logistic regressions fitted full batch with L-BFGS and a strong-Wolfe
 line search: the loss is convex and starts from zero weights, so the fit is deterministic and

@@ -35,6 +35,7 @@ from memgen.analysis.consistency import (
     site_widths,
 )
 from memgen.analysis.controls import build_controls
+from memgen.analysis.input_baseline import input_only_accuracy
 from memgen.analysis.intervention import (
     SteeringResult,
     best_cell,
@@ -272,13 +273,20 @@ def find_neurons(cfg: DictConfig, features: Features, split: Split) -> Neurons:
 # -- stage 3: probes --------------------------------------------------------------------------
 
 def run_probes(cfg: DictConfig, features: Features, behaviors: Behaviors,
-               selection: NeuronSelection | None) -> ProbeReport:
-    """A probe per site trained on the selection split, scored on the evaluation split."""
+               selection: NeuronSelection | None, tokenizer=None) -> ProbeReport:
+    """A probe per site trained on the selection split, scored on the evaluation split; with
+    the tokenizer, the input-only baseline is a probe on the whole prompt's tokens."""
     x_train, y_train = features.take(behaviors.selection.items)
     x_eval, y_eval = features.take(behaviors.evaluation.items)
     p = cfg.analysis.probe
-    return probe_sites(x_train, y_train, x_eval, y_eval, selection, epochs=p.epochs, lr=p.lr,
-                       weight_decay=p.weight_decay, seed=cfg.seed)
+    kw = {"epochs": p.epochs, "lr": p.lr, "weight_decay": p.weight_decay, "seed": cfg.seed}
+    report = probe_sites(x_train, y_train, x_eval, y_eval, selection, **kw)
+    if tokenizer is not None:
+        sel, ev = behaviors.selection, behaviors.evaluation
+        report.input_only_acc = input_only_accuracy(
+            tokenizer, [ex.prompt for ex in sel.examples], sel.labels,
+            [ex.prompt for ex in ev.examples], ev.labels, **kw)
+    return report
 
 
 # -- stage 4: steering ------------------------------------------------------------------------
@@ -518,7 +526,7 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
     result.neurons = neurons
     result.metrics |= neurons.metrics()
     if "probes" in stages:
-        result.probes = run_probes(cfg, features, behaviors, neurons.selection)
+        result.probes = run_probes(cfg, features, behaviors, neurons.selection, tokenizer)
         result.metrics |= result.probes.metrics()
     clean = task.clean_examples()
     steer_cfg = cfg  # the tuned (top_fraction, alpha) also steer the transfer below

@@ -43,7 +43,7 @@ def probe_accuracy_by_layer(report: ProbeReport) -> Figure:
         ax.axhline(
             report.input_only_acc,
             linestyle=(0, (1, 1)),
-            label="input only (resid.0)",
+            label="input only (prompt tokens)",
             **_BASELINE_STYLE,
         )
     ax.axhline(

@@ -105,7 +105,7 @@ def summary(analysis: Analysis, top: int = 10) -> str:
     if analysis.probes is not None:
         p = analysis.probes
         lines += ["", "== probes (trained on selection, scored on evaluation) ==",
-                  f"best site {p.best_site}: acc {p.best_acc:.3f}   input-only (resid.0) "
+                  f"best site {p.best_site}: acc {p.best_acc:.3f}   input-only (prompt tokens) "
                   f"{_fmt(p.input_only_acc)}   shuffled labels {p.shuffled_acc:.3f}   "
                   f"majority {p.majority_acc:.3f}   top-k neurons {_fmt(p.topk_acc)}"]
     if analysis.steering is not None:
