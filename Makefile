@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 ARGS ?=
 
-.PHONY: setup run test test-latest lock ui bench lint clean
+.PHONY: setup run replicate test test-latest lock ui bench lint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,9 @@ endif
 
 run: setup
 	$(BIN)/memgen run $(ARGS)
+
+replicate: setup
+	$(BIN)/memgen replicate $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
