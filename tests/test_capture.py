@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memgen.analysis.capture import capture_last_token, collect_features, iter_feature_batches
+from memgen.analysis.capture import (
+    capture_last_token,
+    collect_features,
+    forward_inputs,
+    iter_feature_batches,
+)
 from memgen.analysis.generation import encode_prompts
 from memgen.analysis.sites import _backbone, _down_proj, list_sites, unwrap
 from tests.helpers_analysis import MODELS, N_LAYERS, PROMPTS, char_tokenizer, hook_count
@@ -113,3 +118,29 @@ def test_hooks_removed_after_exit_and_after_exception(tokenizer):
     with pytest.raises(ValueError, match="resid.9"), capture_last_token(model, ["resid.9"]):
         pass
     assert hook_count(model) == before
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_collect_writes_each_prompt_into_its_own_row(arch, tokenizer):
+    """Results are one [N, D] float32 buffer per site, each row the prompt's own last token
+    (equal to capturing that prompt alone), however the batches fall."""
+    model = MODELS[arch](len(tokenizer))
+    features = collect_features(model, tokenizer, PROMPTS, ["resid.1", "mlp.2"], batch_size=3)
+    for site, x in features.items():
+        assert x.dtype == torch.float32 and x.is_contiguous()
+        assert x.untyped_storage().nbytes() == x.numel() * 4  # its own buffer, not a view
+        for row, prompt in enumerate(PROMPTS):
+            with torch.no_grad(), capture_last_token(model, [site]) as rec:
+                model(**encode_prompts(tokenizer, [prompt], "cpu"))
+            torch.testing.assert_close(x[row], rec[site][0], atol=1e-5, rtol=1e-4)
+
+
+def test_capture_converts_low_precision_activations_to_float32(tokenizer):
+    """A bf16 model's activations land in float32 buffers (copied, not kept as bf16)."""
+    model = MODELS["gpt2"](len(tokenizer)).to(torch.bfloat16)
+    features = collect_features(model, tokenizer, PROMPTS[:4], ["resid.2", "mlp.1"],
+                                batch_size=2)
+    with torch.no_grad(), capture_last_token(model, ["resid.2"]) as rec:
+        model(**forward_inputs(model, encode_prompts(tokenizer, PROMPTS[:2], "cpu")))
+    assert features["resid.2"].dtype == torch.float32
+    assert torch.equal(features["resid.2"][:2], rec["resid.2"])
