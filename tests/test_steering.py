@@ -436,3 +436,27 @@ def test_grid_scores_and_the_pick_by_hand():
     assert best_cell(edge, max_control=0.1, max_clean_drop=0.02)["top"] == 0.05
     no_control_budget = best_cell(grid_scores(grid), max_clean_drop=0.1)
     assert (no_control_budget["top"], no_control_budget["alpha"]) == (0.05, 3.0)  # 0.9
+
+
+def test_decoding_passes_get_the_exact_shift_and_the_hooked_tensor_is_not_written(model):
+    """Every pass (prefill and each generated token) gets exactly +alpha*NMD at the selected
+    coordinates of position -1, nothing elsewhere, and the hook builds a new tensor: the
+    activation it was handed keeps its values."""
+    sel = selection(["mlp.1", "mlp.1"], [2, 9], [1.25, -0.5])
+    seen, copies, after = [], [], []
+    handles = [hook_site(model, "mlp.1", lambda h: (seen.append(h), copies.append(h.clone()))
+                         and None)]
+    try:
+        with steer(model, sel, 2.0, "to_mem"):
+            handles.append(_capture(model, "mlp.1", after))
+            generate(model, TOK, PROMPTS[:3], max_new_tokens=3, batch_size=3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) >= 2 and seen[1].shape[1] == 1  # a prefill and decoding passes
+    idx, delta = torch.tensor([2, 9]), 2.0 * torch.tensor([1.25, -0.5])
+    for h, copy, out in zip(seen, copies, after, strict=True):
+        assert torch.equal(h, copy)  # not written in place
+        expected = copy.clone()
+        expected[:, -1, idx] = copy[:, -1, idx] + delta
+        assert torch.equal(out, expected)
