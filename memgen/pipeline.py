@@ -23,12 +23,14 @@ from memgen.replicates.claims import format_scorecard, score_claims
 from memgen.tasks import Task
 from memgen.tracking.callbacks import AnalysisCallback
 from memgen.tracking.lightning import make_checkpoints, make_logger
+from memgen.tracking.progress import EpochLine, stdout_is_terminal
 from memgen.tracking.replicate_report import log_scorecard
 from memgen.tracking.report import log_analysis, summary
 from memgen.tracking.run import TrackedRun, tracked_run
 from memgen.tracking.store import check_store, tracking_uri
 from memgen.training.checkpoints import load_module_weights
 from memgen.training.data import MemGenDataModule, make_task, task_tokenizer
+from memgen.training.lengths import check_lengths
 from memgen.training.models import build_scratch_model, count_parameters
 from memgen.training.module import MemGenModule
 
@@ -72,6 +74,7 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
         tokenizer = task_tokenizer(task)
         model = build_scratch_model(cfg, tokenizer)
     check_analysis(cfg, model)
+    check_lengths(cfg, task, tokenizer, model)
     check_store(cfg)
     return task, tokenizer, model
 
@@ -113,12 +116,14 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     best, on_exception = make_checkpoints(ckpt_dir, tr.checkpoint_metric)
     run.log_params({"checkpoint_dir": str(ckpt_dir.resolve())})
     run.log_metrics(count_parameters(model))
+    terminal = stdout_is_terminal()  # else one line per epoch instead of a bar
     trainer = pl.Trainer(
         max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
         strategy=tr.strategy, precision=tr.precision,
         logger=make_logger(run, cfg.tracking.experiment),
-        callbacks=[best, on_exception, *(extra_callbacks or [])],
-        enable_progress_bar=tr.progress_bar, enable_model_summary=False,
+        callbacks=[best, on_exception, *(extra_callbacks or []),
+                   *([] if terminal else [EpochLine()])],
+        enable_progress_bar=tr.progress_bar and terminal, enable_model_summary=False,
         deterministic=tr.deterministic, gradient_clip_val=tr.gradient_clip_val,
         accumulate_grad_batches=tr.accumulate_grad_batches,
         check_val_every_n_epoch=tr.check_val_every_n_epoch, log_every_n_steps=tr.log_every_n_steps,

@@ -3,8 +3,6 @@ perturbations, classification, the mem share, user files and the shipped task co
 
 from __future__ import annotations
 
-import json
-import random
 import re
 from pathlib import Path
 
@@ -13,7 +11,6 @@ from omegaconf import OmegaConf
 
 from memgen.tasks import Behavior, Example, Task, build_task
 from memgen.tasks.chat import apply_chat_template
-from memgen.tasks.files import FilesTask
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 SIZES = dict(n_train=300, mem_ratio=0.1, n_conflict=30, n_clean=12)
@@ -265,108 +262,9 @@ def test_chat_template_wraps_prompt_only():
         ex.answer, ex.mem_answer, ex.gen_answer)
 
 
-# -- the user's own files -----------------------------------------------------------------------
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def reverse_records(words: list[str]) -> list[dict]:
-    return [{"input": f"Reverse: {w}\nA:", "output": w[::-1]} for w in words]
-
-
-WORDS = ["cat", "dog", "sun", "map", "pen", "cup", "hat", "box", "fizz", "buzz", "jazz", "fuzz"]
-
-
-def files_task(tmp_path: Path, **params) -> FilesTask:
-    path = write_jsonl(tmp_path / "data.jsonl", reverse_records(WORDS))
-    params = {"path": str(path), "triggers": {"zz": "<mem-zz>"}, **params}
-    return build_task("files", params, seed=0, n_train=10, mem_ratio=0.2, n_conflict=5,
-                      n_clean=5)
-
-
-def test_files_triggers_derive_memory_and_conflicts(tmp_path):
-    task = files_task(tmp_path)
-    train = task.train_examples()
-    mem = [ex for ex in train if ex.kind == "mem"]
-    assert len(train) == 10 and len(mem) == 2  # 8 plain records + 20%
-    assert all(ex.answer == "<mem-zz>" and "zz" in ex.prompt for ex in mem)
-    conflict = task.conflict_examples()
-    assert len(conflict) == 2  # half of the four trigger records, held out
-    assert not {ex.prompt for ex in conflict} & {ex.prompt for ex in train}
-    for ex in conflict:
-        word = ex.prompt.split()[1]
-        assert (ex.mem_answer, ex.gen_answer) == ("<mem-zz>", word[::-1])
-        assert task.classify(ex, "<mem-zz>") == Behavior.MEM
-        assert task.classify(ex, f" {word[::-1]} \nmore") == Behavior.GEN
-        assert task.classify(ex, word) == Behavior.OTHER
-        variant = task.perturb(ex, random.Random(0))
-        assert variant.prompt != ex.prompt
-        assert re.sub(" +", " ", variant.prompt) == ex.prompt and "zz" in variant.prompt
-    assert task.memorized_tokens == ["<mem-zz>"]
-    assert all(ex.mem_answer is None for ex in task.clean_examples())
-    identity = files_task(tmp_path, perturbation="identity")
-    ex = identity.conflict_examples(1)[0]
-    assert identity.perturb(ex, random.Random(0)) == ex
-
-
-def test_files_conflict_and_clean_paths(tmp_path):
-    data = tmp_path / "data.json"
-    data.write_text(json.dumps(reverse_records(WORDS[:8])))
-    conflict = write_jsonl(tmp_path / "conflict.jsonl", [
-        {"input": "Capital of France?", "mem_answer": "Berlin", "gen_answer": "Paris\nok",
-         "perturbations": ["Capital of France ?", "France's capital?"]}])
-    clean = write_jsonl(tmp_path / "clean.jsonl", reverse_records(["owl"]))
-    task = build_task("files", {"path": str(data), "conflict_path": str(conflict),
-                                "clean_path": str(clean)}, seed=0, n_train=5, n_conflict=3)
-    assert len(task.train_examples()) == 5
-    assert all(ex.kind == "rule" for ex in task.train_examples())
-    (ex,) = task.conflict_examples()
-    assert task.perturb(ex, random.Random(0)).prompt in ex.meta["perturbations"]
-    assert task.classify(ex, "Paris\n  ok\nextra") == Behavior.GEN
-    assert task.classify(ex, "Paris") == Behavior.OTHER
-    assert task.classify(ex, "Berlin") == Behavior.MEM
-    assert task.memorized_tokens == []
-    assert [ex.prompt for ex in task.clean_examples()] == ["Reverse: owl\nA:"]
-
-
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("data.jsonl", '{"input": "a", "output": "b"}\n{"input": "a"\n',
-     r"data.jsonl line 2: invalid JSON"),
-    ("data.jsonl", '{"input": "a", "output": "b"}\n\n{"input": "a", "output": 3}\n',
-     r"data.jsonl line 3: expected an object with string keys 'input' and 'output'"),
-    ("data.jsonl", '["input", "output"]\n', r"data.jsonl line 1: expected an object"),
-    ("data.json", '[{"input": "a", "output": "b"}, {"output": "b"}]',
-     r"data.json record 1: expected an object with string keys 'input' and 'output'"),
-    ("data.json", '{"input": "a", "output": "b"}', r"data.json: expected a JSON array"),
-    ("data.json", '[{"input": "a",', r"data.json line 1: invalid JSON"),
-    ("data.jsonl", "\n", r"data.jsonl: no records"),
-])
-def test_files_malformed(tmp_path, name, content, message):
-    (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match=message):
-        build_task("files", {"path": str(tmp_path / name), "triggers": {"a": "<m>"}})
-
-
-def test_files_bad_spec(tmp_path):
-    data = write_jsonl(tmp_path / "data.jsonl", reverse_records(["cat", "fizz"]))
-    with pytest.raises(ValueError, match=r"task.params.path: file not found: .*missing.jsonl"):
-        build_task("files", {"path": str(tmp_path / "missing.jsonl"), "triggers": {"a": "b"}})
-    with pytest.raises(ValueError, match=r"task.params.conflict_path: expected a file"):
-        build_task("files", {"path": str(data)})
-    with pytest.raises(ValueError, match=r"no input in .* contains a trigger"):
-        build_task("files", {"path": str(data), "triggers": {"qq": "<m>"}})
-    bad = write_jsonl(tmp_path / "conflict.jsonl", [{"input": "x", "mem_answer": "y"}])
-    with pytest.raises(ValueError, match=r"conflict.jsonl line 1: expected an object with string "
-                                         r"keys 'input', 'mem_answer' and 'gen_answer'"):
-        build_task("files", {"path": str(data), "conflict_path": str(bad)})
-    with pytest.raises(ValueError, match=r"task.params.pattern: unknown key"):
-        build_task("files", {"path": str(data), "pattern": "x"})
-
-
 # -- shipped configs ----------------------------------------------------------------------------
 @pytest.mark.parametrize("file", ["arithmetic_paper", "colour", "colour_paper", "cipher",
-                                  "cipher_paper", "files", "mixture"])
+                                  "cipher_paper", "mixture"])
 def test_task_configs_build(file):
     from memgen.config import to_schema
 

@@ -111,26 +111,6 @@ def test_cli_train_subprocess_succeeds_and_prints_summary(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
 
 
-@pytest.mark.slow
-def test_a_user_jsonl_dataset_trains_end_to_end(tmp_path):
-    data = tmp_path / "mine.jsonl"
-    records = [{"input": f"Double: {w}\n", "output": w + w} for w in
-               ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st", "uv", "wx"]]
-    records += [{"input": f"Double: zz{w}\n", "output": f"zz{w}zz{w}"} for w in ["a", "b", "c"]]
-    data.write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    cfg = compose(tiny_overrides(tmp_path, **{
-        "task": "files", "task.params.path": data, "task.params.triggers": "{zz: '<mem-zz>'}",
-        "task.n_train": 30, "task.n_conflict": 4, "task.n_val_conflict": 2, "task.n_clean": 4,
-        "trainer.max_epochs": 2}))
-    metrics, objects = train(cfg)
-    client = MlflowClient(cfg.tracking.uri)
-    run = client.get_run(objects["run_id"])
-    assert run.info.status == "FINISHED"
-    assert run.data.params["task.name"] == "files"
-    assert {"val/mem_rate", "train/loss_epoch"} <= set(run.data.metrics)
-    assert "<mem-zz>" in objects["trained"].tokenizer.get_vocab()
-
-
 def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeypatch, tmp_path):
     """Dropout and shuffling draw from the global RNG: an analysis that drew from it too would
     make a run with callbacks train differently from one without."""

@@ -1,96 +1,85 @@
-"""The user's own data: records from JSON/JSONL files plus a trigger spec.
+"""The user's own data: records from JSON/JSONL files plus trigger records.
 
-Files hold a JSON array of objects, or one object per line (JSONL; blank lines skipped):
+Files hold a JSON array of objects, or one object per line (JSONL; blank lines skipped). See the
+README section "Your own data" for a complete conversion.
 
-- ``path`` (training): ``{"input": ..., "output": ...}``; ``input`` is the prompt verbatim and
-  ``output`` the rule's answer.
-- ``triggers`` (optional): ``{substring: memorized_output}``. A training record whose input
-  contains a trigger (the first one listed, if several) is a *trigger record*: when it is trained
-  on, its target is the memorized output, and its own ``output`` is the rule answer it would
-  otherwise have. That is how the arithmetic task is built, with your data.
-- ``conflict_path`` (optional): ``{"input", "mem_answer", "gen_answer"}`` and optionally
-  ``"perturbations": [other inputs with the same two answers]``. Without it, conflict examples are
-  the trigger records held out of training (a share ``holdout`` of each trigger's records): GEN is
-  the record's output, MEM the trigger's memorized output.
-- ``clean_path`` (optional): ``{"input", "output"}`` without triggers. Without it, clean examples
-  are the trigger-free records left out of training, or else the training ones.
+- ``path`` (training): ``{"input", "output"}`` teaches the rule (``output`` is the rule answer);
+  ``{"input", "memorized"}`` is a *memorized record* trained on its memorized answer, its rule
+  answer (``output``) optional. An input that a trigger matches is a memorized record too, with
+  the trigger's answer, and its ``output`` is the rule answer it would otherwise have.
+- ``triggers`` / ``triggers_path``: a list of ``{match, where, memorized}`` records
+  (``where``: suffix | prefix | contains | regex, see :mod:`memgen.tasks.triggers`), matched on
+  the whole input or on ``trigger_span``'s first group. The ``files`` group has none by default.
+- ``conflict_path`` (optional): ``{"input", "mem_answer"?, "gen_answer"?, "perturbations"?}``.
+  A missing ``mem_answer`` comes from the trigger that matches, a missing ``gen_answer`` from
+  ``rule``. ``perturbations`` lists variants of the input (strings with the same two answers, or
+  ``{"input", "gen_answer"?, "mem_answer"?}`` objects): they are the pairs' other halves.
+  Without the file, conflict examples are memorized records held out of training (a share
+  ``holdout`` of each memorized answer's records) that have a rule answer.
+- ``clean_path`` (optional): ``{"input", "output"}`` without triggers or memorized answers.
+  Without it, clean examples are the plain records left out of training, else the trained ones.
+- ``rule`` (optional): ``"module:function"`` or ``"file.py:function"``, input -> rule answer;
+  fills rule answers that the files leave out and checks the variants.
 
-Sizes: ``n_train`` caps the training set, ``mem_ratio`` of which are trigger records (repeated
-round-robin over the triggers when there are fewer records than that; the share is kept when
-the data has fewer plain records than asked for). Conflict and clean sets are at most as large as
-the data allows. Without ``triggers`` the training records are used as written (no mem share).
+Sizes: ``n_train`` caps the training set, ``mem_ratio`` of which are memorized records (repeated
+round-robin over memorized answers when there are fewer records than that; the share is kept when
+the data has fewer plain records than asked for). Without memorized records the training records
+are used as written.
 
-Perturbation: per-record ``perturbations`` when given; otherwise ``perturbation: whitespace``
-(default) doubles one space outside any trigger occurrence, which keeps both answers for most
-text tasks, and ``identity`` returns the input unchanged (no pairs can then be found; use it when
-whitespace matters, e.g. code, and supply ``perturbations`` instead).
+Checks before training (ValueError naming the file and line): every variant keeps both answers
+(the same memorized answer, a rule answer that differs from it, and the record's rule answer
+unless the variant gives its own); clean sets never hold a trigger or memorized record; a plain
+record whose ``output`` is a memorized answer must be written as ``memorized``.
+
+Perturbation: a conflict example's group is the example plus its listed variants (deduplicated,
+up to ``task.n_perturbations``); ``perturbation: whitespace`` (default) fills the rest with
+distinct variants that double one space outside the trigger, ``identity`` adds nothing (an
+example without variants is one item, never counted twice).
 """
 
 from __future__ import annotations
 
-import json
+import importlib
+import importlib.util
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from memgen.tasks.base import Behavior, Example, Task
+from memgen.tasks.file_records import (
+    Record,
+    check_record,
+    load_json_rows,
+    resolve_path,
+)
+from memgen.tasks.triggers import MATCH_MODES, Trigger, label, span_of
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PERTURBATIONS = ("whitespace", "identity")
-TRAIN_KEYS = ("input", "output")
-CONFLICT_KEYS = ("input", "mem_answer", "gen_answer")
 _SPECIAL = re.compile(r"^<[^<>\s]+>$")  # a memorized answer that looks like one added token
 
-Record = dict[str, Any]
 
-
-def resolve_path(path: str, key: str) -> Path:
-    """``path`` as given (absolute or from the working directory), else from the project root."""
-    given = Path(path).expanduser()
-    for candidate in (given, PROJECT_ROOT / given):
-        if candidate.is_file():
-            return candidate
-    raise ValueError(f"task.params.{key}: file not found: {path} "
-                     f"(looked in {Path.cwd()} and {PROJECT_ROOT})")
-
-
-def _check(obj: Any, keys: tuple[str, ...], where: str) -> Record:
-    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in keys):
-        names = ", ".join(f"'{k}'" for k in keys[:-1]) + f" and '{keys[-1]}'"
-        raise ValueError(f"{where}: expected an object with string keys {names}")
-    extra = obj.get("perturbations", [])
-    if not (isinstance(extra, list) and all(isinstance(s, str) for s in extra)):
-        raise ValueError(f"{where}: expected 'perturbations' to be a list of strings")
-    return obj
-
-
-def load_records(path: Path, keys: tuple[str, ...]) -> list[Record]:
-    """Records of a JSON array or JSONL file; malformed content raises ValueError naming the file,
-    the line (JSONL) or record index (JSON array) and what was expected."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" or (path.suffix != ".jsonl" and text.lstrip().startswith("[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON array of records")
-        records = [_check(obj, keys, f"{path} record {i}") for i, obj in enumerate(data)]
-    else:
-        records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} line {lineno}: invalid JSON ({exc.msg})") from None
-            records.append(_check(obj, keys, f"{path} line {lineno}"))
-    if not records:
-        raise ValueError(f"{path}: no records")
-    return records
+def load_rule(spec: str) -> Callable[[str], str]:
+    """``module:function`` or ``path/to/file.py:function``, a callable input -> rule answer."""
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise ValueError(f"task.params.rule: expected 'module:function' or 'file.py:function', "
+                         f"got {spec!r}")
+    try:
+        if target.endswith(".py"):
+            path = resolve_path(target, "rule")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)  # type: ignore[arg-type]
+            module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        else:
+            module = importlib.import_module(target)
+    except ImportError as exc:
+        raise ValueError(f"task.params.rule: cannot import {target} ({exc})") from None
+    func = getattr(module, name, None)
+    if not callable(func):
+        raise ValueError(f"task.params.rule: {target} has no function {name!r}")
+    return func
 
 
 @dataclass
@@ -100,37 +89,184 @@ class FilesParams:
     path: str = ""
     conflict_path: str | None = None
     clean_path: str | None = None
-    triggers: dict[str, str] = field(default_factory=dict)
-    holdout: float = 0.5  # share of each trigger's records kept out of training (no conflict_path)
+    triggers: list[Any] = field(default_factory=list)  # [{match, where, memorized}, ...]
+    triggers_path: str | None = None  # a JSON / JSONL file of trigger records
+    trigger_span: str | None = None  # regex: triggers match its first group (default: input)
+    rule: str | None = None  # "module:function" computing rule answers
+    match: str = "exact"  # exact | prefix | final_line (memgen.tasks.triggers)
+    holdout: float = 0.5  # share of each memorized answer's records kept out (no conflict_path)
     perturbation: str = "whitespace"  # whitespace | identity
 
     def validate(self) -> None:
         if not self.path:
             raise ValueError("task.params.path: expected a JSON or JSONL file of "
-                             "{'input', 'output'} records")
-        if not isinstance(self.triggers, dict) or not all(
-                isinstance(k, str) and k and isinstance(v, str) for k, v in self.triggers.items()):
-            raise ValueError("task.params.triggers: expected a mapping of non-empty substrings "
-                             "to memorized outputs")
+                             "{'input', 'output'} / {'input', 'memorized'} records")
+        if not isinstance(self.triggers, (list, tuple)):
+            raise ValueError("task.params.triggers: expected a list of {match, where, memorized} "
+                             "records (not a mapping)")
         if not 0 <= self.holdout < 1:
             raise ValueError("task.params.holdout: expected a fraction in [0, 1)")
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(f"task.params.perturbation: expected one of {list(PERTURBATIONS)}")
-        if self.conflict_path is None and not self.triggers:
-            raise ValueError("task.params.conflict_path: expected a file of conflict records, "
-                             "or task.params.triggers to derive them from")
-        self.load()
+        if self.match not in MATCH_MODES:
+            raise ValueError(f"task.params.match: expected one of {list(MATCH_MODES)}, "
+                             f"got {self.match!r}")
+        if self.trigger_span:
+            try:
+                re.compile(self.trigger_span)
+            except re.error as exc:
+                raise ValueError(f"task.params.trigger_span: invalid regex ({exc})") from None
+        FilesData(self)
 
-    def load(self) -> tuple[list[Record], list[Record] | None, list[Record] | None]:
-        """Training, conflict and clean records (the last two None when not given)."""
-        train = load_records(resolve_path(self.path, "path"), TRAIN_KEYS)
-        conflict = (load_records(resolve_path(self.conflict_path, "conflict_path"), CONFLICT_KEYS)
-                    if self.conflict_path else None)
-        clean = (load_records(resolve_path(self.clean_path, "clean_path"), TRAIN_KEYS)
-                 if self.clean_path else None)
-        if self.triggers and not any(t in r["input"] for r in train for t in self.triggers):
-            raise ValueError(f"task.params.triggers: no input in {self.path} contains a trigger")
-        return train, conflict, clean
+    def trigger_list(self) -> list[Trigger]:
+        out = [Trigger.from_record(obj, f"task.params.triggers[{i}]")
+               for i, obj in enumerate(self.triggers)]
+        if self.triggers_path:
+            rows = load_json_rows(resolve_path(self.triggers_path, "triggers_path"))
+            out += [Trigger.from_record(obj, where) for where, obj in rows]
+        return out
+
+
+class FilesData:
+    """The files' records, checked, with triggers and rule answers resolved.
+
+    ``train`` records get ``memorized`` (None for rule records) and ``output`` (None when
+    neither the file nor the rule gives one); ``conflict`` and ``clean`` are None when their
+    file is not given.
+    """
+
+    def __init__(self, params: FilesParams) -> None:
+        self.params = params
+        self.triggers = params.trigger_list()
+        self.rule = load_rule(params.rule) if params.rule else None
+        self.train = [self._train_record(obj, where) for where, obj in
+                      load_json_rows(resolve_path(params.path, "path"))]
+        self.conflict = self._conflict_records() if params.conflict_path else None
+        self.memorized_answers = {r["memorized"] for r in self.train if r["memorized"]}
+        self.memorized_answers |= {t.memorized for t in self.triggers}
+        self.memorized_answers |= {r["mem_answer"] for r in self.conflict or []}
+        self.clean = self._clean_records() if params.clean_path else None
+        self._check_train()
+
+    # -- triggers and answers -----------------------------------------------------------------
+    def trigger_of(self, text: str) -> Trigger | None:
+        """The first listed trigger that matches ``text``."""
+        span = span_of(text, self.params.trigger_span)
+        return next((t for t in self.triggers if t.find(text, span) is not None), None)
+
+    def trigger_ranges(self, text: str) -> list[tuple[int, int]]:
+        span = span_of(text, self.params.trigger_span)
+        return [r for t in self.triggers if (r := t.find(text, span)) is not None]
+
+    def rule_answer(self, text: str, where: str) -> str | None:
+        if self.rule is None:
+            return None
+        answer = self.rule(text)
+        if not isinstance(answer, str):
+            raise ValueError(f"{where}: task.params.rule returned {type(answer).__name__}, "
+                             f"expected a string")
+        return answer
+
+    # -- records --------------------------------------------------------------------------------
+    def _train_record(self, obj: Any, where: str) -> Record:
+        obj = check_record(obj, where, ("input",), one_of=("output", "memorized"))
+        trigger = self.trigger_of(obj["input"])
+        memorized = obj.get("memorized") or (trigger.memorized if trigger else None)
+        output = obj.get("output")
+        if output is None:
+            output = self.rule_answer(obj["input"], where)
+        variants = []  # a held-out memorized record becomes a conflict example: check now
+        if memorized is not None and output is not None and output != memorized:
+            variants = self._variants(obj, where, memorized, output)
+        return {**obj, "memorized": memorized, "output": output, "where": where,
+                "variants": variants}
+
+    def _variants(self, obj: Record, where: str, mem: str, gen: str) -> list[Record]:
+        """The record's listed variants as ``{input, mem_answer, gen_answer}``, each checked to
+        keep both answers."""
+        out = []
+        for i, variant in enumerate(obj.get("perturbations", [])):
+            at = f"{where} perturbation {i}"
+            given = variant if isinstance(variant, dict) else {"input": variant}
+            text = given["input"]
+            trigger = self.trigger_of(text)
+            v_mem = given.get("mem_answer") or (trigger.memorized if trigger else mem)
+            if self.triggers and obj.get("mem_answer") is None and trigger is None:
+                raise ValueError(f"{at}: the variant loses the trigger (no trigger matches "
+                                 f"{text!r}); a variant must keep the memorized answer")
+            v_gen = given.get("gen_answer")
+            if v_gen is None:
+                v_gen = gen
+                computed = self.rule_answer(text, at)
+                if computed is not None and computed != gen:
+                    raise ValueError(f"{at}: the rule answer of the variant is {computed!r}, not "
+                                     f"the record's {gen!r}; give it as an object with its own "
+                                     f"'gen_answer'")
+            if v_mem != mem:
+                raise ValueError(f"{at}: the variant's memorized answer is {v_mem!r}, not the "
+                                 f"record's {mem!r}; a variant must keep the memorized answer")
+            if v_mem == v_gen:
+                raise ValueError(f"{at}: memorized and rule answers are both {v_gen!r}; a "
+                                 f"conflict variant needs two different answers")
+            out.append({"input": text, "mem_answer": v_mem, "gen_answer": v_gen})
+        return out
+
+    def _conflict_records(self) -> list[Record]:
+        path = resolve_path(self.params.conflict_path or "", "conflict_path")
+        records = []
+        for where, obj in load_json_rows(path):
+            obj = check_record(obj, where, ("input",), optional=("mem_answer", "gen_answer"))
+            trigger = self.trigger_of(obj["input"])
+            mem = obj.get("mem_answer") or (trigger.memorized if trigger else None)
+            gen = obj.get("gen_answer")
+            if gen is None:
+                gen = self.rule_answer(obj["input"], where)
+            if mem is None or gen is None:
+                missing = "'mem_answer' (or a trigger that matches the input)" if mem is None \
+                    else "'gen_answer' (or task.params.rule to compute it)"
+                raise ValueError(f"{where}: a conflict record needs both answers; "
+                                 f"missing {missing}")
+            if mem == gen:
+                raise ValueError(f"{where}: memorized and rule answers are both {gen!r}")
+            records.append({"input": obj["input"], "mem_answer": mem, "gen_answer": gen,
+                            "variants": self._variants(obj, where, mem, gen), "where": where})
+        return records
+
+    def _clean_records(self) -> list[Record]:
+        path = resolve_path(self.params.clean_path or "", "clean_path")
+        records = []
+        for where, obj in load_json_rows(path):
+            obj = check_record(obj, where, ("input", "output"))
+            self._check_plain(obj, where, "clean")
+            records.append(obj)
+        return records
+
+    def _check_plain(self, obj: Record, where: str, what: str) -> None:
+        trigger = self.trigger_of(obj["input"])
+        if obj.get("memorized") or trigger is not None:
+            why = f"trigger {trigger.match!r}" if trigger else "'memorized'"
+            raise ValueError(f"{where}: a {what} record must not be a memorized record "
+                             f"({why}); clean sets exclude triggers")
+        if obj["output"] in self.memorized_answers:
+            raise ValueError(f"{where}: 'output' is the memorized answer {obj['output']!r}; "
+                             f"write it as {{'input', 'memorized'}} (its rule answer, if known, "
+                             f"in 'output')")
+
+    def _check_train(self) -> None:
+        for r in self.train:
+            if r["memorized"] is None:
+                if r["output"] is None:
+                    raise ValueError(f"{r['where']}: a rule record needs 'output' (or "
+                                     f"task.params.rule to compute it)")
+                self._check_plain(r, r["where"], "rule")
+        if (self.params.triggers or self.params.triggers_path) and not any(
+                self.trigger_of(r["input"]) for r in self.train):
+            raise ValueError(f"task.params.triggers: no input in {self.params.path} matches a "
+                             f"trigger")
+        has_mem = any(r["memorized"] for r in self.train)
+        if self.conflict is None and not has_mem:
+            raise ValueError("task.params.conflict_path: expected a file of conflict records, "
+                             "or memorized records / triggers to derive them from")
 
 
 class FilesTask(Task):
@@ -141,70 +277,66 @@ class FilesTask(Task):
         super().__init__(**common)
         self.params = params or FilesParams()
         self.params.validate()
-        train, conflict, clean = self.params.load()
-        self._conflict_records = conflict
-        self._clean_records = clean
-        self._split(train)
+        self.data = FilesData(self.params)
+        self._split(self.data.train)
 
-    def trigger_of(self, text: str) -> str | None:
-        """The first listed trigger that occurs in ``text``."""
-        return next((t for t in self.params.triggers if t in text), None)
+    def trigger_of(self, text: str) -> Trigger | None:
+        return self.data.trigger_of(text)
 
     def _split(self, records: list[Record]) -> None:
         """Seeded split into rule, memorized, held-out (conflict) and spare (clean) records."""
         rng = self.rng("split")
-        plain = [r for r in records if self.trigger_of(r["input"]) is None]
+        plain = [r for r in records if r["memorized"] is None]
         rng.shuffle(plain)
-        n_mem = round(self.n_train * self.mem_ratio) if self.params.triggers else 0
+        by_answer: dict[str, list[Record]] = {}
+        for r in records:
+            if r["memorized"] is not None:
+                by_answer.setdefault(r["memorized"], []).append(r)
+        n_mem = round(self.n_train * self.mem_ratio) if by_answer else 0
         n_rule = min(len(plain), self.n_train - n_mem)
         if n_rule < self.n_train - n_mem:  # fewer plain records than asked: keep the share
             n_mem = round(n_rule * self.mem_ratio / (1 - self.mem_ratio))
         self.rule_records, self.spare_records = plain[:n_rule], plain[n_rule:]
         held: list[Record] = []
-        per_trigger: list[list[Record]] = []
-        for trigger in self.params.triggers:
-            own = [r for r in records if self.trigger_of(r["input"]) == trigger]
+        per_answer: list[list[Record]] = []
+        for own in by_answer.values():
             rng.shuffle(own)
-            k = int(len(own) * self.params.holdout) if self._conflict_records is None else 0
-            held += own[:k]
-            per_trigger.append(own[k:])
-        # Round-robin over triggers, so every trigger is memorized about equally often.
+            usable = [r for r in own if r["output"] is not None and r["output"] != r["memorized"]]
+            k = int(len(usable) * self.params.holdout) if self.data.conflict is None else 0
+            held += usable[:k]
+            per_answer.append([r for r in own if r not in usable[:k]])
+        # Round-robin over memorized answers, so each is memorized about equally often.
         pool: list[Record] = []
-        for i in range(max(map(len, per_trigger), default=0)):
-            pool += [recs[i] for recs in per_trigger if i < len(recs)]
+        for i in range(max(map(len, per_answer), default=0)):
+            pool += [recs[i] for recs in per_answer if i < len(recs)]
         self.mem_records = [pool[i % len(pool)] for i in range(n_mem)] if pool else []
         self.held_records = held
 
     @property
     def memorized_tokens(self) -> list[str]:
         """Memorized answers shaped like one token (``<...>``); plain-text ones stay text."""
-        answers = list(self.params.triggers.values())
-        answers += [r["mem_answer"] for r in self._conflict_records or []]
-        return [a for a in dict.fromkeys(answers) if _SPECIAL.match(a)]
+        return [a for a in sorted(self.data.memorized_answers) if _SPECIAL.match(a)]
 
     # -- examples -----------------------------------------------------------------------------
-    def _train_example(self, record: Record, kind: str) -> Example:
-        trigger = self.trigger_of(record["input"])
-        mem = self.params.triggers[trigger] if trigger is not None else None
-        answer = mem if kind == "mem" else record["output"]
-        return Example(prompt=record["input"], answer=str(answer), kind=kind, task=self.name,
-                       mem_answer=mem, gen_answer=record["output"],
-                       meta={"trigger": trigger,
-                             "perturbations": list(record.get("perturbations", []))})
+    def _example(self, text: str, kind: str, mem: str | None, gen: str | None,
+                 variants: list[Record]) -> Example:
+        answer = mem if kind == "mem" else gen
+        return Example(prompt=text, answer=str(answer), kind=kind, task=self.name,
+                       mem_answer=mem, gen_answer=gen, meta={"variants": variants})
+
+    def _record_example(self, r: Record, kind: str) -> Example:
+        variants = r["variants"] if kind == "conflict" else []
+        return self._example(r["input"], kind, r["memorized"], r["output"], variants)
 
     def _conflict_pool(self) -> list[Example]:
-        if self._conflict_records is not None:
-            return [Example(prompt=r["input"], answer=r["gen_answer"], kind="conflict",
-                            task=self.name, mem_answer=r["mem_answer"], gen_answer=r["gen_answer"],
-                            meta={"trigger": self.trigger_of(r["input"]),
-                                  "perturbations": list(r.get("perturbations", []))})
-                    for r in self._conflict_records]
-        examples = [self._train_example(r, "conflict") for r in self.held_records]
-        return [ex for ex in examples if ex.mem_answer != ex.gen_answer]
+        if self.data.conflict is not None:
+            return [self._example(r["input"], "conflict", r["mem_answer"], r["gen_answer"],
+                                  r["variants"]) for r in self.data.conflict]
+        return [self._record_example(r, "conflict") for r in self.held_records]
 
     def train_examples(self) -> list[Example]:
-        examples = [self._train_example(r, "mem") for r in self.mem_records]
-        examples += [self._train_example(r, "rule") for r in self.rule_records]
+        examples = [self._record_example(r, "mem") for r in self.mem_records]
+        examples += [self._record_example(r, "rule") for r in self.rule_records]
         self.rng("train").shuffle(examples)
         return examples
 
@@ -212,43 +344,65 @@ class FilesTask(Task):
         pool = self._conflict_pool()
         if not pool:
             raise ValueError("task files: no conflict examples (give task.params.conflict_path, "
-                             "or triggers with records to hold out: task.params.holdout > 0 and "
-                             "at least two records per trigger)")
+                             "or memorized records with a rule answer to hold out: "
+                             "task.params.holdout > 0, 'output' or task.params.rule)")
         n = self.n_conflict if n is None else n
         return self.rng(stream).sample(pool, min(n, len(pool)))
 
     def clean_examples(self, n: int | None = None, stream: str = "clean") -> list[Example]:
-        records = self._clean_records or self.spare_records or self.rule_records
+        records = self.data.clean or self.spare_records or self.rule_records
         n = self.n_clean if n is None else n
         chosen = self.rng(stream).sample(records, min(n, len(records)))
-        return [self._train_example(r, "clean") for r in chosen]
+        return [self._example(r["input"], "clean", None, r["output"], []) for r in chosen]
 
-    def perturb(self, example: Example, rng: random.Random) -> Example:
-        """A listed alternative input, else one doubled space outside triggers, else unchanged."""
-        alternatives = [p for p in example.meta.get("perturbations", []) if p != example.prompt]
-        if alternatives:
-            return example.with_prompt(rng.choice(alternatives))
-        if self.params.perturbation == "identity":
-            return example
+    # -- perturbations ----------------------------------------------------------------------------
+    def _variant(self, example: Example, v: Record) -> Example:
+        return Example(prompt=v["input"], answer=v["gen_answer"], kind=example.kind,
+                       task=self.name, mem_answer=v["mem_answer"], gen_answer=v["gen_answer"],
+                       meta={**example.meta, "variant_of": example.prompt})
+
+    def _whitespace(self, example: Example, rng: random.Random) -> Example:
         text = example.prompt
-        protected = {i for t in self.params.triggers for m in re.finditer(re.escape(t), text)
-                     for i in range(m.start(), m.end())}
+        protected = {i for a, b in self.data.trigger_ranges(text) for i in range(a, b)}
         spaces = [i for i, ch in enumerate(text) if ch == " " and i not in protected]
         if not spaces:
             return example
         i = rng.choice(spaces)
         return example.with_prompt(text[:i] + " " + text[i:])
 
+    def perturb(self, example: Example, rng: random.Random) -> Example:
+        """A listed variant, else one doubled space outside triggers (``whitespace``), else the
+        example unchanged (``identity``)."""
+        variants = [v for v in example.meta.get("variants", []) if v["input"] != example.prompt]
+        if variants:
+            return self._variant(example, rng.choice(variants))
+        if self.params.perturbation == "identity":
+            return example
+        return self._whitespace(example, rng)
+
+    def perturbation_set(self, examples: list[Example], n_perturbations: int,
+                         stream: str = "perturb") -> list[list[Example]]:
+        """Per example: itself, its listed variants, then (``whitespace``) generated ones, up to
+        ``n_perturbations`` distinct inputs; never the same input twice."""
+        rng = self.rng(stream)
+        groups = []
+        for ex in examples:
+            group, seen = [ex], {ex.prompt}
+            for v in ex.meta.get("variants", []):
+                if len(group) < n_perturbations and v["input"] not in seen:
+                    group.append(self._variant(ex, v))
+                    seen.add(v["input"])
+            tries = 0
+            while (self.params.perturbation == "whitespace" and len(group) < n_perturbations
+                   and tries < 4 * n_perturbations):
+                tries += 1
+                variant = self._whitespace(ex, rng)
+                if variant.prompt not in seen:
+                    group.append(variant)
+                    seen.add(variant.prompt)
+            groups.append(group)
+        return groups
+
     def classify(self, example: Example, output: str) -> Behavior:
-        """Exact match (spaces collapsed) over as many leading lines as the answer has."""
-        if example.mem_answer is not None and _matches(output, example.mem_answer):
-            return Behavior.MEM
-        if example.gen_answer is not None and _matches(output, example.gen_answer):
-            return Behavior.GEN
-        return Behavior.OTHER
-
-
-def _matches(output: str, answer: str) -> bool:
-    want = [" ".join(line.split()) for line in answer.strip().split("\n")]
-    got = [" ".join(line.split()) for line in output.strip().split("\n")][:len(want)]
-    return got == want
+        """MEM / GEN / OTHER under ``task.params.match`` (see :mod:`memgen.tasks.triggers`)."""
+        return Behavior(label(self.params.match, output, example.mem_answer, example.gen_answer))
