@@ -1,0 +1,45 @@
+"""Library messages a memgen user cannot act on, filtered from the terminal; memgen's own
+warnings and every library error stay.
+
+Each entry names a message seen on a default run and why it is noise to the user:
+- Lightning's ``fit(ckpt_path=None)`` note: memgen chooses the checkpoint itself;
+- ``isinstance(treespec, LeafSpec)`` is deprecated: Lightning's internals on newer torch;
+- transformers' ``loss_type=None ... unrecognized``: a GPT-2 config without a loss type;
+- Lightning's hardware banner, litlogger tips and "estimate stepping batches" notes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+_WARNINGS = (r".*fit\(ckpt_path=None\)", r".*isinstance\(treespec, LeafSpec\)",
+             r".*loss_type=None.*unrecognized")
+_LOG_LINES = re.compile(r"ckpt_path=None|LeafSpec|loss_type=None|Tip: For seamless|"
+                        r"(GPU|TPU|HPU) available|estimate number of stepping batches|"
+                        r"limit_(train|val)_batches=1.0\)` was configured")
+_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric",
+            "pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
+            "transformers", "transformers.modeling_utils")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _LOG_LINES.search(record.getMessage())
+
+
+_FILTER = _DropNoise()
+
+
+def quiet_library_noise() -> None:
+    """Install the filters (idempotent): warnings by message, log records by logger."""
+    for pattern in _WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+        for handler in logger.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
