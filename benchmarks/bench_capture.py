@@ -24,7 +24,7 @@ from memgen.analysis import generation
 from memgen.analysis.capture import collect_features, forward_inputs
 from memgen.analysis.sites import list_sites
 
-N_PROMPTS, BATCH, ROUNDS = 128, 64, 21
+N_PROMPTS, BATCH, ROUNDS, THREADS = 128, 64, 21, 1
 
 
 def _setup():
@@ -55,10 +55,10 @@ def _timed(fn) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def run() -> list[dict]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+def run(threads: int = THREADS) -> list[dict]:
+    from _common import load, pinned_threads
+
+    with pinned_threads(threads):
         model, tokenizer, prompts = _setup()
         sites = list_sites(model)
         sides = {
@@ -76,13 +76,13 @@ def run() -> list[dict]:
                 c, w = _timed(sides[name])
                 cpu[name].append(c)
                 wall[name].append(w)
-    finally:
-        torch.set_num_threads(threads)
     ratio = statistics.median(p / c for p, c in zip(cpu["plain"], cpu["capture"], strict=True))
     wall_ratio = statistics.median(p / c for p, c in zip(wall["plain"], wall["capture"],
                                                           strict=True))
     rows = []
-    for name, label in (("plain", f"plain_forward ({len(sites)} sites' forward, no hooks)"),
+    where = f"{threads} thread(s), {load()}"
+    for name, label in (("plain", f"plain_forward ({len(sites)} sites' forward, no hooks, "
+                                  f"{where})"),
                         ("default", "hf_default_forward (all logits)"),
                         ("capture", f"collect_features ({len(sites)} sites)")):
         rows.append({"benchmark": "capture", "measure": f"{label} throughput, CPU time",

@@ -198,7 +198,13 @@ def sweep_wall(root: Path, run_id: str, trials: int) -> list[dict]:
 
 
 def run(trials: int = 50) -> list[dict]:
-    torch.set_num_threads(1)
+    from _common import pinned_threads
+
+    with pinned_threads(1):
+        return _run(trials)
+
+
+def _run(trials: int) -> list[dict]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="memgen-bench-sweep-") as tmp:
         root = Path(tmp)

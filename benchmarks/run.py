@@ -2,7 +2,9 @@
 
 Each module exposes ``run() -> list[dict]`` with keys benchmark, measure, value, unit, target.
 Ratios are measured against a baseline in the same process and run; nothing here is a test.
-Pass names to run a subset: ``make bench ARGS="training steering"``.
+Pass names to run a subset: ``make bench ARGS="training steering"``. Each benchmark pins and
+prints its own torch thread count (``_common.pinned_threads``), so this runner and a direct
+``python benchmarks/bench_x.py`` measure the same thing.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 
 
 def main(names: list[str]) -> int:
-    sys.path.insert(0, str(HERE.parent))
+    sys.path[:0] = [str(HERE.parent), str(HERE)]  # memgen, and benchmarks/_common.py
     rows = []
+    print(f"torch threads by default: {torch.get_num_threads()}; each benchmark pins its own",
+          flush=True)
     for path in sorted(HERE.glob("bench_*.py")):
         name = path.stem.removeprefix("bench_")
         if names and name not in names:

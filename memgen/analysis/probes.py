@@ -122,9 +122,13 @@ def train_probe(
         line_search_fn="strong_wolfe",
     )
 
+    # Standardized once, not in every L-BFGS evaluation: the same values as ``probe(x)``
+    # without two [N, D] temporaries per evaluation.
+    z = (x - probe.mean) / probe.std
+
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(probe(x), y)
+        loss = F.binary_cross_entropy_with_logits(probe.linear(z).squeeze(-1), y)
         loss = loss + 0.5 * weight_decay * probe.linear.weight.pow(2).sum()
         loss.backward()
         return loss

@@ -281,7 +281,8 @@ def shuffle_control(features: dict[str, torch.Tensor], labels: torch.Tensor | Se
     for site, x in features.items():
         if x.shape[0] != n:
             raise ValueError(f"site '{site}': expected {n} samples, got {x.shape[0]}")
-        xc = x.double() - x.double().mean(0)
+        xc = x.to(torch.float64, copy=True)  # one float64 copy, centred in place
+        xc -= xc.mean(0)
         x_norm = xc.norm(dim=0)
         r = (xc.T @ yc) / (x_norm[:, None] * y_norm)  # [D, S]
         abs_r = torch.where(x_norm[:, None] > 0, r, torch.zeros_like(r)).abs().float()
