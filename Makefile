@@ -50,12 +50,12 @@ lock:
 	rm -rf .venv-lock
 
 # An early warning, not part of CI: the newest release of every dependency (no lock) in a
-# separate venv, then the whole suite. Torch stays $(TORCH) (TORCH=torch tries the newest).
+# fresh venv, then the whole suite. Torch stays $(TORCH) (TORCH=torch tries the newest).
 test-latest:
 	rm -rf .venv-latest && $(PYTHON) -m venv .venv-latest
 	.venv-latest/bin/python -m pip install -q --upgrade pip
 	.venv-latest/bin/python -m pip install -q $(TORCH)
-	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip install -q -e ".[dev]"
 	.venv-latest/bin/python -m memgen.environment
 	.venv-latest/bin/python -m pytest $(ARGS)
 
