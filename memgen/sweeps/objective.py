@@ -129,7 +129,7 @@ class TrialObjective:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         values = {p.key: p.suggest(trial) for p in self.params}
-        name = f"trial-{trial.number}"
+        name = f"{self.study_name}/trial-{trial.number}"  # unique across studies
         tags = {"memgen.sweep.study": self.study_name, "optuna.trial_number": str(trial.number),
                 "memgen.sweep.worker": str(self.worker),
                 "optuna.params": json.dumps(values, default=str)}

@@ -22,7 +22,7 @@ def probe_accuracy_by_layer(report: ProbeReport) -> Figure:
     The figure is closed in pyplot before it is returned, so callers that log a figure every
     validation epoch do not accumulate open figures; ``savefig`` and ``mlflow.log_figure`` work.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(8.0, 4.0))
     plt.close(fig)
     table = report.table.sort_values(["kind", "layer"])
     for kind, rows in table.groupby("kind", sort=True):
@@ -75,6 +75,7 @@ def probe_accuracy_by_layer(report: ProbeReport) -> Figure:
     ax.set_ylim(0.0, 1.05)
     ax.set_title(f"Behavior probes (train {report.n_train}, eval {report.n_eval})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    # outside the axes: inside, it hid the lines it names at the artifact viewer's width
+    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     fig.tight_layout()
     return fig
