@@ -5,7 +5,8 @@ Each entry names a message seen on a default run and why it is noise to the user
 - Lightning's ``fit(ckpt_path=None)`` note: memgen chooses the checkpoint itself;
 - ``isinstance(treespec, LeafSpec)`` is deprecated: Lightning's internals on newer torch;
 - transformers' ``loss_type=None ... unrecognized``: a GPT-2 config without a loss type;
-- Lightning's hardware banner, litlogger tips and "estimate stepping batches" notes.
+- Lightning's hardware banner, litlogger tips and "estimate stepping batches" notes;
+- MLflow's "Creating initial MLflow database tables" on a new store.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ _WARNINGS = (r".*fit\(ckpt_path=None\)", r".*isinstance\(treespec, LeafSpec\)",
              r".*loss_type=None.*unrecognized")
 _LOG_LINES = re.compile(r"ckpt_path=None|LeafSpec|loss_type=None|Tip: For seamless|"
                         r"(GPU|TPU|HPU) available|estimate number of stepping batches|"
-                        r"limit_(train|val)_batches=1.0\)` was configured")
+                        r"limit_(train|val)_batches=1.0\)` was configured|"
+                        r"Creating initial MLflow database tables|Updating database tables")
 _LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric",
             "pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
-            "transformers", "transformers.modeling_utils")
+            "transformers", "transformers.modeling_utils", "mlflow.store.db.utils")
 
 
 class _DropNoise(logging.Filter):
