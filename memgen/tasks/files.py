@@ -185,13 +185,14 @@ class FilesData:
         """The record's listed variants as ``{input, mem_answer, gen_answer}``, each checked to
         keep both answers."""
         out = []
+        keyed = self.trigger_of(obj["input"]) is not None and obj.get("mem_answer") is None
         for i, variant in enumerate(obj.get("perturbations", [])):
             at = f"{where} perturbation {i}"
             given = variant if isinstance(variant, dict) else {"input": variant}
             text = given["input"]
             trigger = self.trigger_of(text)
             v_mem = given.get("mem_answer") or (trigger.memorized if trigger else mem)
-            if self.triggers and obj.get("mem_answer") is None and trigger is None:
+            if keyed and trigger is None and "mem_answer" not in given:
                 raise ValueError(f"{at}: the variant loses the trigger (no trigger matches "
                                  f"{text!r}); a variant must keep the memorized answer")
             v_gen = given.get("gen_answer")
