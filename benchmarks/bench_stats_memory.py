@@ -6,10 +6,9 @@ streams ``n`` random samples of width ``WIDTH`` in batches of ``BATCH`` into a
 ``StreamingMoments`` and records the peak RSS again; the difference is the peak memory the
 stream added (the accumulator plus the transient per-batch buffers: the float32 batch, its
 float64 copy, the per-class sums). tracemalloc would miss torch's allocations, hence RSS.
-The child runs with glibc's mmap threshold pinned (``MALLOC_MMAP_THRESHOLD_``): otherwise glibc
-raises it dynamically and keeps freed multi-MiB batch buffers in its heap, so RSS would drift
-with allocator caching rather than with what the accumulator holds. The peak still includes
-torch's one-time lazy initialisation, identical for both sizes. The accumulator's own tensor
+The child runs under the default allocator (a ``MALLOC_*`` variable inherited from the caller is
+removed), as a user would run it. The peak still includes torch's one-time lazy initialisation,
+identical for both sizes. One torch thread, pinned in the child. The accumulator's own tensor
 bytes are reported exactly as well.
 """
 
@@ -51,7 +50,7 @@ def _child(n: int) -> dict:
 
 
 def _measure(n: int) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, __file__, "--child", str(n)], check=True,
                          capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
