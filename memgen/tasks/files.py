@@ -98,6 +98,10 @@ class FilesParams:
     perturbation: str = "whitespace"  # whitespace | identity
 
     def validate(self) -> None:
+        self.load()
+
+    def load(self) -> FilesData:
+        """The checked records; every problem is a ValueError naming the key or file line."""
         if not self.path:
             raise ValueError("task.params.path: expected a JSON or JSONL file of "
                              "{'input', 'output'} / {'input', 'memorized'} records")
@@ -116,7 +120,7 @@ class FilesParams:
                 re.compile(self.trigger_span)
             except re.error as exc:
                 raise ValueError(f"task.params.trigger_span: invalid regex ({exc})") from None
-        FilesData(self)
+        return FilesData(self)
 
     def trigger_list(self) -> list[Trigger]:
         out = [Trigger.from_record(obj, f"task.params.triggers[{i}]")
@@ -277,8 +281,7 @@ class FilesTask(Task):
     def __init__(self, params: FilesParams | None = None, **common) -> None:
         super().__init__(**common)
         self.params = params or FilesParams()
-        self.params.validate()
-        self.data = FilesData(self.params)
+        self.data = self.params.load()
         self._split(self.data.train)
 
     def trigger_of(self, text: str) -> Trigger | None:
