@@ -34,7 +34,12 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("overrides", nargs="*", help="overrides like trainer.max_epochs=5")
         if name == "ui":
             cmd.add_argument("--port", type=int, default=5000)
+    runs = sub.add_parser("runs", help="list RUNNING runs; 'clean' marks those whose process "
+                                       "is gone KILLED")
+    runs.add_argument("action", choices=["list", "clean"])
+    runs.add_argument("overrides", nargs="*", help="e.g. tracking.uri=...")
     return p
+
 
 
 def ui_command(cfg, port: int) -> list[str]:
@@ -71,6 +76,18 @@ def print_summary(metrics: dict[str, float], run_id: str, cfg) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; Ctrl-C anywhere ends with 130, no traceback and a resume hint."""
+    from memgen.preflight import current_run, install_unraisable_hook, interrupted  # noqa: PLC0415
+
+    current_run.clear()
+    install_unraisable_hook()
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return interrupted(argv)
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
@@ -78,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         cfg = compose(args.overrides)
+        from memgen.preflight import preflight, runs_command  # noqa: PLC0415
+
+        preflight(args.command, cfg)
+        if args.command == "runs":
+            return runs_command(args.action, cfg)
         if cfg.resume:
             from memgen.tracking.load import resumed_config  # noqa: PLC0415
 

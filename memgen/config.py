@@ -229,6 +229,22 @@ def _one_line(exc: BaseException) -> str:
     return text[:300] or type(exc).__name__
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """What Hydra lets through or words vaguely: ``=3`` (no key) and an unknown
+    ``experiment=`` (an optional group: a typo silently ran the full default)."""
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if eq and not key.strip().lstrip("+~"):
+            raise ConfigError(f"config: override {item!r} has no key before '='; "
+                              f"expected key=value, e.g. trainer.max_epochs=3")
+        if key.lstrip("+~") == "experiment" and eq and value not in ("", "null"):
+            folder = conf_dir() / "experiment"
+            choices = sorted(p.stem for p in folder.glob("*.yaml"))
+            if value not in choices:
+                raise ConfigError(f"experiment: no experiment {value!r} in {folder}; "
+                                  f"choose one of {choices}")
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose ``conf/`` with Hydra overrides, merge onto the schema and validate."""
     from hydra import compose as hydra_compose
@@ -237,6 +253,7 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
+    check_overrides(list(overrides or []))
     ConfigStore.instance().store(name="memgen_schema", node=Config)
     GlobalHydra.instance().clear()
     try:
@@ -267,9 +284,32 @@ def _require(ok: bool, key: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
 
 
+SEED_MAX = 2**32 - 1  # numpy's and Lightning's seed range
+
+
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every float in the config is finite: ``trainer.weight_decay=nan`` trained NaNs."""
+    if isinstance(node, DictConfig):
+        for key in node:
+            _check_finite(node[key],
+                          f"{prefix}.{key}" if prefix else str(key))
+    elif OmegaConf.is_list(node):
+        for value in node:
+            _check_finite(value, prefix)
+    elif isinstance(node, float):
+        _require(math.isfinite(node), prefix, "a finite number", node)
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks that types cannot express; the first failure raises ConfigError."""
     t, m, tr, a = cfg.task, cfg.model, cfg.trainer, cfg.analysis
+    _check_finite(cfg)
+    for key, value in (("seed", cfg.seed), ("sweep.sampler_seed", cfg.sweep.sampler_seed)):
+        _require(0 <= value <= SEED_MAX, key, f"an integer in [0, {SEED_MAX}]", value)
+    _require(tr.weight_decay >= 0, "trainer.weight_decay", "a finite number >= 0",
+             tr.weight_decay)
+    _require(tr.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a finite number >= 0",
+             tr.gradient_clip_val)
     _require(t.name in TASKS or t.name == "mixture", "task.name",
              f"one of {sorted(set(TASKS) | {'mixture'})}", t.name)
     for key in ("n_train", "n_conflict", "n_val_conflict", "n_clean", "max_new_tokens"):
@@ -331,7 +371,8 @@ def validate(cfg: DictConfig) -> None:
     _require(0 < a.selection_fraction < 1, "analysis.selection_fraction", "a fraction in (0, 1)",
              a.selection_fraction)
     _require(len(set(a.consistency_seeds)) == len(a.consistency_seeds)
-             and all(seed >= 0 for seed in a.consistency_seeds), "analysis.consistency_seeds",
+             and all(0 <= seed <= SEED_MAX for seed in a.consistency_seeds),
+             "analysis.consistency_seeds",
              "distinct integers >= 0", list(a.consistency_seeds))
     _require(a.n_shuffles >= 0, "analysis.n_shuffles", "an integer >= 0", a.n_shuffles)
     _require(a.batch_size > 0, "analysis.batch_size", "a positive integer", a.batch_size)

@@ -22,13 +22,19 @@ from memgen.config import ConfigError
 from memgen.replicates.claims import format_scorecard, score_claims
 from memgen.tasks import Task
 from memgen.tracking.callbacks import AnalysisCallback
-from memgen.tracking.lightning import make_checkpoints, make_logger
+from memgen.tracking.interrupts import deferred
+from memgen.tracking.lightning import make_logger, resumable_callbacks
 from memgen.tracking.progress import EpochLine, stdout_is_terminal
 from memgen.tracking.replicate_report import log_scorecard
 from memgen.tracking.report import log_analysis, summary
 from memgen.tracking.run import TrackedRun, tracked_run
 from memgen.tracking.store import check_store, tracking_uri
-from memgen.training.checkpoints import load_module_weights
+from memgen.training.checkpoints import (
+    AtomicCheckpointIO,
+    load_module_weights,
+    newest_complete,
+    resume_tags,
+)
 from memgen.training.data import MemGenDataModule, make_task, task_tokenizer
 from memgen.training.lengths import check_lengths
 from memgen.training.models import build_scratch_model, count_parameters
@@ -59,17 +65,31 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
     model's neuron count, an unreachable or unwritable store: each is a :class:`ConfigError`
     here, before any training and before anything is written to the store.
     """
+    from memgen.training.devices import check_devices, check_output_dir  # noqa: PLC0415
+
+    check_devices(cfg)
+    check_output_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     try:
         task = make_task(cfg)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(undecodable(cfg, exc)) from None
     except (ValueError, OSError) as exc:
         raise ConfigError(str(exc).splitlines()[0]) from None
     if cfg.model.kind == "lora":
         from memgen.training.lora import build_lora_model  # noqa: PLC0415 - optional path
 
-        model, tokenizer = build_lora_model(cfg)
+        try:  # the base's weights are read here: garbage fails before a run exists
+            model, tokenizer = build_lora_model(cfg)
+        except Exception as exc:  # garbage weights: safetensors' own error type among others
+            if not isinstance(exc, (OSError, ValueError, RuntimeError, KeyError)) and \
+                    type(exc).__name__ != "SafetensorError":
+                raise
+            raise ConfigError(f"model.name_or_path: cannot load {cfg.model.name_or_path} "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                              ) from None
     else:
         tokenizer = task_tokenizer(task)
         model = build_scratch_model(cfg, tokenizer)
@@ -77,6 +97,17 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
     check_lengths(cfg, task, tokenizer, model)
     check_store(cfg)
     return task, tokenizer, model
+
+
+def undecodable(cfg: DictConfig, exc: UnicodeDecodeError) -> str:
+    """Which ``task.params`` file is not UTF-8 (the decoder's message names neither)."""
+    for key, value in cfg.task.params.items():
+        if isinstance(value, str) and Path(value).is_file():
+            try:
+                Path(value).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                return f"task.params.{key}: {value} is not UTF-8 text (byte {exc.start})"
+    return f"task.params: a task file is not UTF-8 text ({exc.reason} at byte {exc.start})"
 
 
 def check_analysis(cfg: DictConfig, model: torch.nn.Module) -> None:
@@ -113,16 +144,18 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     module = MemGenModule(model, tokenizer, task, cfg)
     datamodule = MemGenDataModule(cfg, task, tokenizer)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / run.run_id
-    best, on_exception = make_checkpoints(ckpt_dir, tr.checkpoint_metric)
+    best, checkpointing = resumable_callbacks(ckpt_dir, tr.checkpoint_metric)
     run.log_params({"checkpoint_dir": str(ckpt_dir.resolve())})
+    if ckpt_path:
+        run.set_tags(resume_tags(ckpt_path))
     run.log_metrics(count_parameters(model))
     terminal = stdout_is_terminal()  # else one line per epoch instead of a bar
     trainer = pl.Trainer(
         max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
         strategy=tr.strategy, precision=tr.precision,
         logger=make_logger(run, cfg.tracking.experiment),
-        callbacks=[best, on_exception, *(extra_callbacks or []),
-                   *([] if terminal else [EpochLine()])],
+        callbacks=[*checkpointing, *(extra_callbacks or []),
+                   *([] if terminal else [EpochLine()])], plugins=[AtomicCheckpointIO()],
         enable_progress_bar=tr.progress_bar and terminal, enable_model_summary=False,
         deterministic=tr.deterministic, gradient_clip_val=tr.gradient_clip_val,
         accumulate_grad_batches=tr.accumulate_grad_batches,
@@ -130,10 +163,16 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         limit_train_batches=tr.limit_train_batches, default_root_dir=cfg.output_dir,
         num_sanity_val_steps=0)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1): keep it an interrupt
+                raise KeyboardInterrupt from None
+            raise
     except BaseException:
         if cfg.tracking.log_checkpoints and ckpt_dir.exists():  # a crash keeps what it had
-            run.log_artifacts(ckpt_dir, "checkpoints")
+            with deferred():
+                run.log_artifacts(ckpt_dir, "checkpoints")
         raise
     best_path = best.best_model_path or None
     if best_path:
@@ -178,27 +217,24 @@ def kept_checkpoint_rates(cfg: DictConfig, trained: Trained) -> dict[str, float]
     return {f"kept/{b.value.lower()}_rate": sum(lab == b for lab in labels) / n for b in Behavior}
 
 
-def resume_checkpoint(cfg: DictConfig, run_id: str) -> str:
-    """The newest checkpoint of a run: its local checkpoint dir, else its logged artifacts."""
+def resume_checkpoint(cfg: DictConfig, run_id: str) -> str | None:
+    """The newest complete checkpoint of a run: its local checkpoint dir, else its logged
+    artifacts; ``None`` (training restarts in the same run) when it has none."""
     from mlflow.tracking import MlflowClient  # noqa: PLC0415
 
+    from memgen.runs import check_resumable  # noqa: PLC0415
+
     client = MlflowClient(tracking_uri(cfg))
-    try:
-        params = client.get_run(run_id).data.params
-    except Exception:  # noqa: BLE001 - any lookup failure means: no such run here
-        raise ConfigError(f"resume: no run '{run_id}' in {tracking_uri(cfg)}") from None
-    folder = Path(params.get("checkpoint_dir", ""))
-    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.name else []
-    if not found:
+    run = check_resumable(client, run_id, tracking_uri(cfg))
+    folder = Path(run.data.params.get("checkpoint_dir", ""))
+    found = newest_complete(list(folder.glob("*.ckpt"))) if folder.name else None
+    if found is None:
         try:
             local = client.download_artifacts(run_id, "checkpoints", tempfile.mkdtemp())
-            found = sorted(Path(local).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-        except Exception:  # noqa: BLE001
-            found = []
-    if not found:
-        raise ConfigError(f"resume: run '{run_id}' has no checkpoint (looked in {folder} and in "
-                          f"its 'checkpoints' artifacts)")
-    return str(found[-1])
+            found = newest_complete(list(Path(local).glob("*.ckpt")))
+        except Exception:  # noqa: BLE001 - no logged checkpoints either
+            found = None
+    return str(found) if found else None
 
 
 def train(cfg: DictConfig, command: str = "train") -> tuple[dict[str, float], dict[str, Any]]:

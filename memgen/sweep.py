@@ -106,6 +106,11 @@ def model_run(cfg: DictConfig) -> tuple[str, DictConfig]:
         run_cfg = load.run_config(client, run_id)
     except ConfigError as exc:
         raise ConfigError(f"sweep.run_id: {exc}") from None
+    pairs = client.get_run(run_id).data.metrics.get("pairs/n")
+    if pairs is not None and pairs < 1:
+        raise ConfigError(f"sweep.run_id: run {run_id} found no MEM/GEN pairs (pairs/n = 0): "
+                          f"there are no neurons to steer; train a model that shows both "
+                          f"behaviors first")
     if "model" not in {a.path for a in client.list_artifacts(run_id)}:
         raise ConfigError(f"sweep.run_id: run {run_id} has no 'model' artifact (was it trained "
                           f"with tracking.log_model=false?)")
@@ -129,6 +134,9 @@ def plan(cfg: DictConfig) -> Plan:
     check_store(cfg)
     s = cfg.sweep
     params = parse_space(s.space)
+    if not params:  # e.g. every key removed with ~: N identical trials would run
+        raise ConfigError("sweep.space: empty after overrides; give at least one key, e.g. "
+                          "sweep.space.analysis.steering.alpha={type:float,low:1,high:8}")
     run_id = None
     base = cfg
     if s.kind == "steering":

@@ -9,6 +9,7 @@ forked copy of a process that has started torch's thread pools can hang.
 from __future__ import annotations
 
 import multiprocessing as mp
+import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -79,6 +80,8 @@ def run_worker(job: Job) -> None:
 def _spawned(target: Callable[[Any], None], job: Any, errors) -> None:
     try:
         target(job)
+    except KeyboardInterrupt:  # Ctrl-C reached the whole group: the parent says it once
+        sys.exit(130)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised
         errors.put((getattr(job, "worker", 0), type(exc).__name__, str(exc),
                     traceback.format_exc()))
@@ -115,6 +118,8 @@ def run_parallel(target: Callable[[Any], None], jobs: Sequence[Any], label: str)
     for _, kind, message, _ in reports:
         if kind == "ConfigError":
             raise ConfigError(message)
+    if any(p.exitcode == 130 for p in procs):  # a worker was interrupted: so is the sweep
+        raise KeyboardInterrupt
     bad = [(p.name, p.exitcode) for p in procs if p.exitcode != 0]
     if reports or bad:
         detail = reports[0][3].strip().splitlines()[-1] if reports else f"exit codes {bad}"

@@ -61,6 +61,25 @@ def deferred() -> Iterator[None]:
         _raise_for(signum)
 
 
+def hold() -> None:
+    """Start holding signals (the open-ended form of ``deferred``, for callback pairs)."""
+    global _depth
+    if _in_main_thread():
+        _depth += 1
+
+
+def release(raise_pending: bool = True) -> None:
+    """End one ``hold``; the last one raises a held interrupt (unless told not to)."""
+    global _depth, _pending
+    if not _in_main_thread() or _depth == 0:
+        return
+    _depth -= 1
+    if _depth == 0 and _pending is not None:
+        signum, _pending = _pending, None
+        if raise_pending:
+            _raise_for(signum)
+
+
 def deferring(fn: F) -> F:
     """Decorator form of ``deferred`` for methods that write to the store or to disk."""
 
@@ -86,6 +105,10 @@ def interrupts_between_writes() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _pending = None
+
+
+# The run an interrupt should name in its hint: set by ``tracked_run`` while a run is open.
+current_run: dict[str, str] = {}
 
 
 @contextmanager

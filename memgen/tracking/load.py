@@ -90,6 +90,9 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ConfigError(f"resume: no run '{cfg.resume}' (the store {uri} does not exist)")
     client = MlflowClient(uri)
+    from memgen.runs import check_resumable  # noqa: PLC0415
+
+    check_resumable(client, cfg.resume, uri)
     stored = run_config(client, cfg.resume)
     dotlist = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
                and "." in o.split("=", 1)[0] or o.startswith(("seed=", "output_dir="))]

@@ -8,12 +8,15 @@ MLflow's global active run (which Lightning's MLFlowLogger never sets).
 from __future__ import annotations
 
 import json
+import os
+import re
+import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +25,10 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 import memgen
-from memgen.config import PROJECT_ROOT
+from memgen.config import PROJECT_ROOT, ConfigError
 from memgen.environment import environment, environment_tags
 from memgen.tracking.interrupts import (
+    current_run,
     deferred,
     deferring,
     interrupts_between_writes,
@@ -41,15 +45,21 @@ class TrackedRun:
     run_id: str
     experiment_id: str
     uri: str
+    # a resumed run: the last step each metric had before, so no step is logged twice
+    done: dict[str, int] = field(default_factory=dict)
+
+    def logged(self, key: str, step: int | None) -> bool:
+        """Whether a resumed run already holds ``key`` at ``step``."""
+        return key in self.done and (step or 0) <= self.done[key]
 
     @deferring
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if metrics:
-            mlflow_metrics = [
-                mlflow.entities.Metric(k, float(v), mlflow.utils.time.get_current_time_millis(),
-                                       step or 0)
-                for k, v in metrics.items() if v is not None
-            ]
+        mlflow_metrics = [
+            mlflow.entities.Metric(k, float(v), mlflow.utils.time.get_current_time_millis(),
+                                   step or 0)
+            for k, v in metrics.items() if v is not None and not self.logged(k, step)
+        ]
+        if mlflow_metrics:
             self.client.log_batch(self.run_id, metrics=mlflow_metrics)
 
     @deferring
@@ -115,7 +125,21 @@ def run_tags(cfg: DictConfig, command: str) -> dict[str, str]:
         "seed": str(cfg.seed),
         "git.commit": git_commit(),
         "memgen.version": memgen.__version__,
-    } | environment_tags()
+    } | environment_tags() | process_tags()
+
+
+def process_tags() -> dict[str, str]:
+    """Where the run's process lives: ``memgen runs clean`` finds RUNNING runs whose process
+    is gone (kill -9, OOM, power loss) by these."""
+    return {"memgen.host": socket.gethostname(), "memgen.pid": str(os.getpid())}
+
+
+_BAD_PARAM_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def param_name(key: str) -> str:
+    """``key`` with characters MLflow rejects in a param name (``+``, ``*``, quotes) as ``_``."""
+    return _BAD_PARAM_CHARS.sub("_", key)[:250]
 
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
@@ -130,7 +154,15 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
             out[prefix] = node
 
     walk("", OmegaConf.to_container(cfg, resolve=True))
-    return out
+    safe: dict[str, Any] = {}
+    for key, value in out.items():  # e.g. a task trigger '2+3' inside a param name
+        name, n = param_name(key), 1
+        while name in safe:
+            n += 1
+            name = f"{param_name(key)[:245]}_{n}"
+        safe[name] = value
+    return safe
+
 
 
 def get_experiment_id(client: MlflowClient, cfg: DictConfig) -> str:
@@ -160,7 +192,9 @@ def _open_run(cfg: DictConfig, command: str, run_id: str | None,
     if run_id is not None:
         run = client.get_run(run_id)
         client.update_run(run_id, status="RUNNING")
-        resumed = TrackedRun(client, run_id, run.info.experiment_id, uri)
+        done = {m.key: m.step for m in run.data._metric_objs}  # latest = highest step
+        resumed = TrackedRun(client, run_id, run.info.experiment_id, uri, done)
+        resumed.set_tags(process_tags())
         resumed.log_dict(environment(), f"environment/resumed-{int(time.time())}.json")
         return resumed
     experiment_id = get_experiment_id(client, cfg)
@@ -186,6 +220,8 @@ def tracked_run(cfg: DictConfig, command: str, run_id: str | None = None,
         try:
             with deferred():  # an interrupt during creation still ends the run
                 tracked = _open_run(cfg, command, run_id, parent_run_id, run_name, extra_tags)
+                if parent_run_id is None:  # the run a Ctrl-C hint names
+                    current_run.update(run_id=tracked.run_id, command=command)
             yield tracked
         except BaseException as exc:
             error = exc
@@ -202,6 +238,10 @@ def _terminate(uri: str, run_id: str, error: BaseException | None) -> None:
     mid-transaction; the retries cover a store that is briefly locked by another process.
     """
     with signals_ignored():
+        lost = _lost_store(uri)
+        if lost:  # MLflow would recreate it empty and the run would report success
+            raise ConfigError(f"tracking.uri: {lost} disappeared during run {run_id}; "
+                              f"its records are lost")
         for attempt in range(5):
             try:
                 client = MlflowClient(tracking_uri=uri)
@@ -210,7 +250,17 @@ def _terminate(uri: str, run_id: str, error: BaseException | None) -> None:
                                    f"{type(error).__name__}: {error}"[:5000])
                 client.set_terminated(run_id, status=end_status(error))
                 return
-            except Exception:  # noqa: BLE001 - retried, then reported
+            except Exception as exc:  # noqa: BLE001 - retried, then reported
                 if attempt == 4:
-                    raise
+                    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise ConfigError(f"tracking.uri: cannot record the end of run {run_id} "
+                                      f"in {uri} ({line[:200]})") from None
                 time.sleep(0.5 * (attempt + 1))
+
+
+def _lost_store(uri: str) -> str | None:
+    """The SQLite file of ``uri`` if it no longer exists (deleted while the run was open)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return None if db.exists() else str(db)

@@ -45,6 +45,7 @@ def check_store(cfg: DictConfig, timeout_s: float = 5.0) -> None:
             raise ConfigError(f"tracking.uri: cannot create {folder} ({exc.strerror})") from None
         if not os.access(folder, os.W_OK):
             raise ConfigError(f"tracking.uri: {folder} is not writable")
+        check_sqlite_file(Path(uri[len("sqlite:///"):]))
         init_sqlite(uri, folder / ".mlflow-init.lock")
     elif parsed.scheme in ("http", "https"):
         import urllib.request
@@ -61,6 +62,47 @@ def check_store(cfg: DictConfig, timeout_s: float = 5.0) -> None:
     else:
         raise ConfigError(f"tracking.uri: unsupported scheme {parsed.scheme!r} "
                           f"(expected sqlite, postgresql, mysql, http or https)")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_sqlite_file(db: Path) -> None:
+    """A damaged store is named in one line instead of a 216-line SQLAlchemy traceback.
+
+    Read-only, truncated or not-a-database files fail here; a missing ``mlflow.db`` next to
+    existing run artifacts is an error too (recreating it empty would orphan every run), while
+    the first run on an empty ``mlruns/`` still creates it.
+    """
+    import sqlite3  # noqa: PLC0415
+
+    if not db.exists():
+        artifacts = db.parent / "artifacts"
+        if artifacts.is_dir() and any(artifacts.iterdir()):
+            raise ConfigError(f"tracking.uri: {db} is missing but {artifacts} holds runs; "
+                              f"restore the database or point tracking.uri at a new folder")
+        return
+    if not db.is_file():
+        raise ConfigError(f"tracking.uri: {db} is not a file")
+    if not os.access(db, os.R_OK | os.W_OK):
+        raise ConfigError(f"tracking.uri: {db} is read-only; make it writable "
+                          f"(chmod u+w) or point tracking.uri elsewhere")
+    with open(db, "rb") as handle:
+        head = handle.read(len(SQLITE_MAGIC))
+    if head and head != SQLITE_MAGIC:
+        raise ConfigError(f"tracking.uri: {db} is not an SQLite database")
+    if not head:
+        return  # an empty file: SQLite treats it as a new database
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            verdict = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"tracking.uri: {db} is damaged ({exc})") from None
+    if verdict != "ok":
+        raise ConfigError(f"tracking.uri: {db} is damaged ({verdict})")
 
 
 def init_sqlite(uri: str, lock_path: Path) -> None:
@@ -82,3 +124,7 @@ def init_sqlite(uri: str, lock_path: Path) -> None:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     except OSError as exc:
         raise ConfigError(f"tracking.uri: cannot open {uri} ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy / MLflow: name the file, one line
+        lines = str(exc).strip().splitlines()
+        raise ConfigError(f"tracking.uri: cannot open {uri} "
+                          f"({lines[0][:200] if lines else type(exc).__name__})") from None
