@@ -81,10 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     current_run.clear()
     install_unraisable_hook()
+    from memgen.tracking.interrupts import signalled  # noqa: PLC0415
+
+    signalled.clear()
     try:
         return _main(argv)
     except KeyboardInterrupt:
         return interrupted(argv)
+    except SystemExit as exc:  # Lightning's exit(1) after a Ctrl-C it caught itself
+        if exc.code == 1 and signalled:
+            return interrupted(argv)
+        raise
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -103,14 +103,17 @@ def model_run(cfg: DictConfig) -> tuple[str, DictConfig]:
     client = MlflowClient(tracking_uri(cfg))
     run_id = cfg.sweep.run_id or load.latest_run_id(client, cfg.tracking.experiment, "run")
     try:
-        run_cfg = load.run_config(client, run_id)
-    except ConfigError as exc:
-        raise ConfigError(f"sweep.run_id: {exc}") from None
-    pairs = client.get_run(run_id).data.metrics.get("pairs/n")
+        pairs = client.get_run(run_id).data.metrics.get("pairs/n")
+    except mlflow.exceptions.MlflowException:
+        pairs = None  # no such run: run_config says so
     if pairs is not None and pairs < 1:
         raise ConfigError(f"sweep.run_id: run {run_id} found no MEM/GEN pairs (pairs/n = 0): "
                           f"there are no neurons to steer; train a model that shows both "
                           f"behaviors first")
+    try:
+        run_cfg = load.run_config(client, run_id)
+    except ConfigError as exc:
+        raise ConfigError(f"sweep.run_id: {exc}") from None
     if "model" not in {a.path for a in client.list_artifacts(run_id)}:
         raise ConfigError(f"sweep.run_id: run {run_id} has no 'model' artifact (was it trained "
                           f"with tracking.log_model=false?)")

@@ -238,3 +238,33 @@ def test_flatten_keeps_colliding_sanitized_names_apart():
 
     flat = flatten(OmegaConf.create({"t": {"a+b": 1, "a*b": 2}}))
     assert flat == {"t.a_b": 1, "t.a_b_2": 2}
+
+
+def test_sweep_over_an_emptied_space_writes_nothing(tmp_path, capsys):
+    uri = _store(tmp_path)
+    code = main(["sweep", "sweep=training", f"tracking.uri={uri}", f"output_dir={tmp_path}/o",
+                 "~sweep.space.model.n_embd", "~sweep.space.model.n_layer",
+                 "~sweep.space.trainer.lr"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "sweep.space" in err and "\n" not in err, err
+    assert _count_runs(uri) == 0
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+def test_steering_sweep_on_a_model_run_without_pairs_writes_nothing(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from memgen.config import compose
+
+    uri = _store(tmp_path)
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("memgen"), tags={"memgen.command": "run"})
+    client.log_text(run.info.run_id, OmegaConf.to_yaml(compose()), "config.yaml")
+    client.log_metric(run.info.run_id, "pairs/n", 0)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    code = main(["sweep", "sweep=steering", f"sweep.run_id={run.info.run_id}",
+                 f"tracking.uri={uri}", f"output_dir={tmp_path}/o"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no MEM/GEN pairs" in err and "\n" not in err, err
+    assert _count_runs(uri) == 1
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()

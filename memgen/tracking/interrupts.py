@@ -26,7 +26,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that Lightning and the run shut down the same way."""
 
 
+# Set when a signal became an interrupt: Lightning turns one into ``sys.exit(1)`` (pretrain's
+# trainer too), and the command line still reports it as Ctrl-C.
+signalled: list[int] = []
+
+
 def _raise_for(signum: int) -> None:
+    signalled.append(signum)
     if signum == signal.SIGTERM:
         raise Terminated("SIGTERM")
     raise KeyboardInterrupt
