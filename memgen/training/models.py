@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-# Attention of scratch models trained on CPU (``trainer.accelerator=cpu``). On memgen's CPU
-# shapes (4 layers, width 128, left-padded batches with an explicit mask) eager attention was
-# 2-13% faster than SDPA for greedy generation and within +-6% for capture, over two runs of
-# ``benchmarks/bench_attention.py`` (issue 22); generation is most of the analysis time. Other
-# accelerators keep transformers' default (SDPA). Models loaded back with ``from_pretrained``
-# get transformers' default again: the choice changes speed, not results beyond float rounding.
-CPU_ATTENTION = "eager"
-
-
-def _attention(cfg: DictConfig) -> dict[str, str]:
-    on_cpu = OmegaConf.select(cfg, "trainer.accelerator", default="cpu") == "cpu"
-    return {"attn_implementation": CPU_ATTENTION} if on_cpu else {}
+# Attention: transformers' default (SDPA) on every device, chosen with
+# ``benchmarks/bench_attention.py`` (issue 22). On memgen's CPU shapes (4 layers, width 128,
+# left-padded batches with an explicit mask) eager was 2-13% faster for greedy generation and
+# within +-6% for capture (two runs, 1 thread, CPU time); on a 6x512 GPT-2 SDPA captured ~10%
+# faster. The choice is not saved with a model: ``from_pretrained`` always builds SDPA, so an
+# eager-built model and its reloaded copy would differ in float rounding (and a trained run's
+# analysis would not be bit-reproducible from its logged model). A few percent of generation
+# speed is not worth that.
+ATTENTION = "sdpa"
 
 
 def build_scratch_model(cfg: DictConfig, tokenizer):
     """A randomly initialised causal LM sized by ``model.*`` for the tokenizer's vocabulary."""
     m = cfg.model
     special = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
-               "pad_token_id": tokenizer.pad_token_id, **_attention(cfg)}
+               "pad_token_id": tokenizer.pad_token_id, "attn_implementation": ATTENTION}
     if m.arch == "gpt2":
         config = GPT2Config(vocab_size=len(tokenizer), n_positions=m.n_positions, n_embd=m.n_embd,
                             n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=m.dropout,
