@@ -13,7 +13,7 @@ captures. Reported: peak RSS above the baseline, the RSS still held after the re
 deleted, the results' bytes, and the bound of the issue: 3 x results + one batch's activations
 at the captured sites (64 x 32 positions x 15,360 neurons x 4 bytes = 126 MB). A second child
 measures the streaming path downstream (``neuron_stats``: capture per batch into per-class
-moments, nothing kept per sample), whose peak should not depend on the number of prompts.
+moments, nothing kept per sample); reported, no target yet.
 
 ``python benchmarks/bench_capture_memory.py --prompts 512`` runs a smaller shape.
 """
@@ -144,7 +144,7 @@ def run(n_prompts: int = N_PROMPTS, threads: int = THREADS) -> list[dict]:
          "target": ""},
         {**row, "measure": "neuron_stats (streaming) peak RSS above baseline",
          "value": round(s["peak_delta"] / mb, 1), "unit": "MB",
-         "target": f"<= {s['batch_activations'] / mb:.0f} + allocator slack (one batch)"},
+         "target": ""},
     ]
 
 
