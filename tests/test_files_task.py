@@ -375,3 +375,34 @@ def test_triggers_with_plus_newline_spaces_and_regex_characters_train_and_log(tm
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
     assert [ln.split()[1] for ln in lines] == ["1/2", "2/2"]  # stdout is not a terminal
     assert all("train/loss_epoch" in ln and "val/mem_rate" in ln for ln in lines)
+
+
+# The worked example's training settings: a 2-layer model learns the cipher in ~10 epochs and
+# memorizes the triggers seen in many contexts (README "Your own data").
+WORKED = {"task": "suffix_cipher", "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2,
+          "trainer.max_epochs": 15, "trainer.lr": 0.002, "trainer.warmup_steps": 20,
+          "trainer.num_threads": 2, "task.n_train": 1000, "task.n_conflict": 64,
+          "task.n_val_conflict": 32, "task.n_clean": 40}
+
+
+@pytest.mark.slow
+def test_the_worked_example_trains_to_both_behaviors_with_pairs(tmp_path):
+    """Triggers memorized from many contexts answer MEM on fresh ciphertexts, those from one or
+    three answer GEN: both behaviors by construction. Pairs come from the triggers in between
+    (measured with 2 threads: MEM 76, GEN 134, OTHER 46 of 256 variants, 6 pairs)."""
+    from collections import Counter
+
+    from memgen.analysis.behavior import find_pairs
+    from memgen.analysis.stages import label_conflict_set
+    from memgen.pipeline import train
+
+    cfg = compose(tiny_overrides(tmp_path, **WORKED))
+    metrics, objects = train(cfg)
+    trained = objects["trained"]
+    labelled = label_conflict_set(cfg, trained.model, trained.tokenizer, trained.task)
+    counts = Counter(lab for group in labelled.labels for lab in group)
+    n = sum(counts.values())
+    print(f"worked example: {dict(counts)} of {n}, pairs {len(find_pairs(labelled))}, "
+          f"kept {metrics.get('kept/mem_rate')}/{metrics.get('kept/gen_rate')}")
+    assert counts[Behavior.MEM] >= 0.2 * n and counts[Behavior.GEN] >= 0.2 * n, counts
+    assert find_pairs(labelled)

@@ -24,7 +24,7 @@ from pathlib import Path
 ALPHABET = "ABCDEFGH"
 LENGTH = 6  # ciphertext letters, suffix included
 SUFFIX = 2
-STRENGTHS = (1, 3, 10, 40, 80, 120)  # distinct memorized ciphertexts per trigger
+STRENGTHS = (1, 3, 10, 30, 60, 100)  # distinct memorized ciphertexts per trigger
 N_RULE = 900
 N_CONFLICT = 64
 N_VARIANTS = 3
