@@ -35,8 +35,9 @@ def _count_runs(uri: str) -> int:
 
 
 def _finished_run(tmp: Path) -> list[str]:
-    client = MlflowClient(_store(tmp))
-    exp = client.create_experiment("memgen")
+    client = MlflowClient(_store(tmp.parent))  # the shared store
+    found = client.get_experiment_by_name("memgen")
+    exp = found.experiment_id if found else client.create_experiment("memgen")
     run = client.create_run(exp)
     client.set_terminated(run.info.run_id, "FINISHED")
     return [f"resume={run.info.run_id}"]
@@ -133,11 +134,12 @@ CASES: list[Case] = [
 
 def test_bad_inputs_exit_2_naming_the_key_or_file_and_write_nothing(tmp_path, capsys):
     report = []
+    shared = _store(tmp_path)  # one store (set up once) for the cases that do not damage it
     for i, (name, make, expected) in enumerate(CASES):
         case = tmp_path / f"case{i}"
         case.mkdir()
         extra = make(case)
-        uri = _store(case)
+        uri = _store(case) if "mlflow.db" in name else shared
         overrides = [o for o in tiny_overrides(case) if not o.startswith("tracking.uri=")]
         if not any(o.startswith("tracking.uri=") for o in extra):
             overrides.append(f"tracking.uri={uri}")
