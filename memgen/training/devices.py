@@ -18,9 +18,11 @@ from memgen.config import ConfigError
 GPU_NAMES = ("gpu", "cuda", "mps")
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+def _one_line(exc: BaseException) -> str:
+    """Lightning's message on one line ("You requested gpu: [0, 1]  But your machine only
+    has: [0]" spans two)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return " ".join(lines)[:300] if lines else type(exc).__name__
 
 
 def check_accelerator(name: str) -> None:
@@ -80,7 +82,7 @@ def check_devices(cfg: DictConfig) -> None:
                    precision=tr.precision, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, enable_model_summary=False)
     except Exception as exc:  # noqa: BLE001 - Lightning's own verdict, in one line
-        raise ConfigError(f"trainer.devices: {_first_line(exc)}") from None
+        raise ConfigError(f"trainer.devices: {_one_line(exc)}") from None
     finally:
         quiet.setLevel(level)
 
