@@ -41,7 +41,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def ui_command(cfg, port: int) -> list[str]:
     """The lean MLflow server: one worker, no background job runners, loopback only.
 
@@ -58,21 +57,48 @@ def ui_command(cfg, port: int) -> list[str]:
     return cmd
 
 
-def print_summary(metrics: dict[str, float], run_id: str, cfg) -> None:
-    """The key numbers as a table, and how to look at the run."""
+def print_summary(command: str, metrics: dict[str, float], objects: dict, cfg) -> None:
+    """The headline (about 20 lines; every metric with ``tracking.full_summary=true``) and
+    the link to the run's page."""
+    from memgen.tracking.headline import headline  # noqa: PLC0415
+    from memgen.tracking.links import run_url  # noqa: PLC0415
     from memgen.tracking.store import tracking_uri  # noqa: PLC0415
 
-    shown = {k: v for k, v in sorted(metrics.items()) if not k.endswith(("_step", "_epoch"))}
-    width = max((len(k) for k in shown), default=10)
-    print("\n" + "metric".ljust(width) + "  value")
-    print("-" * width + "  ------")
-    for key, value in shown.items():
-        print(f"{key.ljust(width)}  {value:.4f}")
-    uri = tracking_uri(cfg)
-    print(f"\nrun {run_id} in {uri}")
-    print("open the MLflow UI:  make ui   (or: "
-          + shlex.join(ui_command(cfg, 5000)[1:]).replace("-m mlflow", "mlflow") + ")")
-    print("then browse http://127.0.0.1:5000")
+    full = bool(cfg.tracking.get("full_summary"))
+    if command in ("run", "train") and not full:
+        print("\n" + "\n".join(headline(metrics, objects.get("claims"))))
+    elif "summary" in objects:
+        print(objects["summary"])
+    if command == "replicate":  # the scorecard is the summary; aggregates are in the run
+        print("\nper-metric mean and 95% CI: replicate/aggregates.csv and report.html")
+    if full:
+        shown = {k: v for k, v in sorted(metrics.items()) if not k.endswith(("_step", "_epoch"))}
+        width = max((len(k) for k in shown), default=10)
+        print("\n" + "metric".ljust(width) + "  value")
+        print("-" * width + "  ------")
+        for key, value in shown.items():
+            print(f"{key.ljust(width)}  {value:.4g}")
+    elif command in ("run", "train"):
+        print("(every metric: tracking.full_summary=true; all results: report.html)")
+    run_id = objects.get("run_id", "")
+    print(f"\nrun {run_id} in {tracking_uri(cfg)}")
+    experiment_id = objects.get("experiment_id") or _experiment_of(cfg, run_id)
+    if experiment_id:
+        print(f"run page: {run_url(cfg, experiment_id, run_id)}")
+    if not str(cfg.tracking.uri or "").startswith("http"):
+        print("open it with:  make ui   (or: "
+              + shlex.join(ui_command(cfg, 5000)[1:]).replace("-m mlflow", "mlflow") + ")")
+
+
+def _experiment_of(cfg, run_id: str) -> str | None:
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+    from memgen.tracking.store import tracking_uri  # noqa: PLC0415
+
+    try:
+        return MlflowClient(tracking_uri(cfg)).get_run(run_id).info.experiment_id
+    except Exception:  # noqa: BLE001 - only the link is missing
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from memgen.tracking.quiet import quiet_library_noise  # noqa: PLC0415
+
+    quiet_library_noise()
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
     # Ctrl-C must reach the run even when the parent shell started us with SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -136,13 +165,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as exc:
         print(f"memgen: error: {exc} (the run is marked FAILED)", file=sys.stderr)
         return 1
-    if "summary" in objects:
-        print(objects["summary"])
-    if args.command == "replicate":  # the scorecard is the summary; aggregates are in the run
-        print(f"\nparent run {objects['run_id']}: per-metric mean and 95% CI in "
-              f"replicate/aggregates.csv")
-        return 0
-    print_summary(metrics, objects.get("run_id", ""), cfg)
+    print_summary(args.command, metrics, objects, cfg)
     return 0
 
 

@@ -146,6 +146,9 @@ class TrackingConfig:
     run_name: str | None = None
     log_model: bool = True
     log_checkpoints: bool = True
+    system_metrics_s: float = 5.0  # MLflow's CPU/memory/GPU sampling interval; 0 = off
+    full_summary: bool = False  # print every metric after a run, not only the headline
+    ui_url: str = "http://127.0.0.1:5000"  # where `memgen ui` serves: printed run links
 
 
 @dataclass

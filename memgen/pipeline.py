@@ -24,9 +24,10 @@ from memgen.tasks import Task
 from memgen.tracking.callbacks import AnalysisCallback
 from memgen.tracking.interrupts import deferred
 from memgen.tracking.lightning import make_logger, resumable_callbacks
+from memgen.tracking.lineage import tracking_callbacks
 from memgen.tracking.progress import EpochLine, stdout_is_terminal
 from memgen.tracking.replicate_report import log_scorecard
-from memgen.tracking.report import log_analysis, summary
+from memgen.tracking.report import finish_run, log_analysis, log_summary, summary
 from memgen.tracking.run import TrackedRun, tracked_run
 from memgen.tracking.store import check_store, tracking_uri
 from memgen.training.checkpoints import (
@@ -154,7 +155,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
         strategy=tr.strategy, precision=tr.precision,
         logger=make_logger(run, cfg.tracking.experiment),
-        callbacks=[*checkpointing, *(extra_callbacks or []),
+        callbacks=[*checkpointing, *(extra_callbacks or []), *tracking_callbacks(run, cfg),
                    *([] if terminal else [EpochLine()])], plugins=[AtomicCheckpointIO()],
         enable_progress_bar=tr.progress_bar and terminal, enable_model_summary=False,
         deterministic=tr.deterministic, gradient_clip_val=tr.gradient_clip_val,
@@ -259,20 +260,24 @@ def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | 
                      run_name=run_name) as tracked:
         trained = fit(cfg, tracked, task, tokenizer, model, ckpt_path=ckpt_path)
         rates = kept_checkpoint_rates(cfg, trained)
-        tracked.log_metrics(rates)
+        log_summary(tracked, rates, step=None)  # rounded, without a step
         trained.metrics |= rates
         if cfg.tracking.log_model:
             log_model(tracked, trained)
-        objects: dict[str, Any] = {"trained": trained, "run_id": tracked.run_id}
+        objects: dict[str, Any] = {"trained": trained, "run_id": tracked.run_id,
+                                   "experiment_id": tracked.experiment_id}
+        analysis, claims, figures = None, None, {}
         if analyse:
             analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
                                      allow_no_pairs=True)
-            log_analysis(tracked, analysis, step=trained.epochs_done)
+            figures = log_analysis(tracked, analysis, step=trained.epochs_done)
             trained.metrics |= analysis.metrics
             claims = score_claims(trained.metrics, cfg.claims)
-            log_scorecard(tracked, claims, step=trained.epochs_done)
+            log_scorecard(tracked, claims)
             objects |= {"analysis": analysis, "claims": claims,
                         "summary": summary(analysis) + "\n\nclaims\n" + format_scorecard(claims)}
+        objects["report_s"] = finish_run(tracked, trained.metrics, trained.best_checkpoint,
+                                         analysis, claims, figures)
     return trained.metrics, objects
 
 

@@ -1,9 +1,11 @@
 """What the parent run shows once the trials are done: counts, best or Pareto trials, figures.
 
 The best trial's values go to *tags* ``best/<key>`` (MLflow params are immutable, and a resumed
-study can find a better trial later) and its metrics to metrics ``best/<metric>``. A
-multi-objective study has no single best: its Pareto trials go to ``sweep/pareto.csv`` and the
-tag ``pareto/trials``. Every trial is a row of ``sweep/trials.csv``.
+study can find a better trial later) and its key metrics to metrics ``best/<metric>``, so the
+parent's row in the run list shows the result. A multi-objective study has no single best: its
+Pareto trials go to ``sweep/pareto.csv`` and the tag ``pareto/trials``, and each objective's
+best value over them to ``best/<objective>``. Every trial is a row of ``sweep/trials.csv``;
+``report.html`` shows the outcome, the trials and the figures on one page.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import pandas as pd
 
 from memgen.sweeps.objectives import Objective
 from memgen.sweeps.space import Param
+from memgen.tracking import html_report
+from memgen.tracking.headline import KEY_METRICS
+from memgen.tracking.numbers import rounded
 from memgen.tracking.report import finite
 from memgen.tracking.run import TrackedRun
 from memgen.tracking.sweep_plots import study_figures
@@ -65,7 +70,8 @@ def log_study(parent: TrackedRun, study: optuna.Study, objectives: Sequence[Obje
         parent.set_tags({f"best/{k}": v for k, v in best.params.items()}
                         | {"best/trial_number": best.number,
                            "best/mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")})
-        best_metrics = {f"best/{k}": v for k, v in _child_metrics(parent, best).items()}
+        best_metrics = {f"best/{k}": v for k, v in _child_metrics(parent, best).items()
+                        if k in KEY_METRICS}
         best_metrics[f"best/{names[0]}"] = best.value
         metrics |= finite(best_metrics)
         lines.append(f"best trial {best.number}: {names[0]}={best.value:.4f}  "
@@ -76,16 +82,38 @@ def log_study(parent: TrackedRun, study: optuna.Study, objectives: Sequence[Obje
         parent.log_table(table[table["number"].isin(numbers)], "sweep/pareto.csv")
         parent.set_tags({"pareto/trials": ",".join(str(n) for n in sorted(numbers))})
         metrics["sweep/n_pareto"] = float(len(pareto))
+        for i, o in enumerate(objectives):  # each objective's best over the front
+            values = [t.values[i] for t in pareto]
+            metrics[f"best/{o.metric}"] = max(values) if o.direction == "maximize" \
+                else min(values)
         lines.append(f"Pareto front ({', '.join(f'{o.direction} {o.metric}' for o in objectives)})"
                      f": {len(pareto)} trials")
         for t in pareto:
             vals = "  ".join(f"{n}={v:.4f}" for n, v in zip(names, t.values, strict=True))
             lines.append(f"  trial {t.number}: {vals}  "
                          + "  ".join(f"{k}={v}" for k, v in t.params.items()))
+    metrics = {k: rounded(v) for k, v in finite(metrics).items()}  # as logged
     parent.log_metrics(metrics)
     figures, notes = study_figures(study, names, [p.key for p in params])
-    for path, fig in figures.items():
-        parent.log_figure(fig, path)
+    pngs = {path: parent.log_figure(fig, path) for path, fig in figures.items()}
     if notes:
         parent.set_tags({"sweep.figure_notes": " | ".join(notes)[:5000]})
+    log_sweep_report(parent, study.study_name, lines, metrics, table, pngs, notes)
     return metrics, "\n".join(lines)
+
+
+def log_sweep_report(parent: TrackedRun, study_name: str, lines: list[str],
+                     metrics: dict[str, float], table: pd.DataFrame, pngs: dict[str, bytes],
+                     notes: Sequence[str]) -> None:
+    """``report.html`` and the description of the parent: outcome, best values, trials."""
+    best = pd.DataFrame([{"metric": k, "value": v} for k, v in sorted(metrics.items())
+                         if k.startswith("best/")])
+    shown = table.sort_values("number") if "number" in table else table
+    sections = [("Best trial: key metrics", html_report.table(best, 40)),
+                ("Figures", html_report.figures(pngs)),
+                ("Trials", html_report.table(shown, 50, "all trials: sweep/trials.csv")),
+                ("Notes", "<br>".join(html_report.esc(n) for n in notes))]
+    parent.log_text(html_report.page(f"sweep {study_name}", f"parent run {parent.run_id}",
+                                     lines, sections), "report.html")
+    parent.describe("\n".join(f"- {line.strip()}" for line in lines)
+                    + "\n\nTrials are this run's children; full results: report.html")

@@ -20,7 +20,8 @@ _WARNINGS = (r".*fit\(ckpt_path=None\)", r".*isinstance\(treespec, LeafSpec\)",
 _LOG_LINES = re.compile(r"ckpt_path=None|LeafSpec|loss_type=None|Tip: For seamless|"
                         r"(GPU|TPU|HPU) available|estimate number of stepping batches|"
                         r"limit_(train|val)_batches=1.0\)` was configured|"
-                        r"Creating initial MLflow database tables|Updating database tables")
+                        r"Creating initial MLflow database tables|Updating database tables|"
+                        r"`Trainer.fit` stopped")
 _LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric",
             "pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
             "transformers", "transformers.modeling_utils", "mlflow.store.db.utils")

@@ -16,13 +16,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from memgen.replicates.claims import ClaimResult, claim_metrics  # noqa: E402
+from memgen.tracking import html_report  # noqa: E402
+from memgen.tracking.headline import KEY_METRICS  # noqa: E402
+from memgen.tracking.report import log_summary  # noqa: E402
 from memgen.tracking.run import TrackedRun  # noqa: E402
 
 
 def log_scorecard(run: TrackedRun, rows: list[ClaimResult], step: int | None = None) -> None:
-    """``claims.csv`` and ``claims/<name>/pass`` / ``value`` on a single run."""
+    """``claims.csv`` and ``claims/<name>/pass`` / ``value`` on a single run (rounded, and
+    without a step unless a curve of them exists)."""
     run.log_table(pd.DataFrame([r.row() for r in rows]), "claims.csv")
-    run.log_metrics(claim_metrics(rows), step=step)
+    log_summary(run, claim_metrics(rows), step=step)
 
 
 def claim_figure(claim: str, long: pd.DataFrame, summary_row) -> plt.Figure:
@@ -60,7 +64,40 @@ def log_replicate(parent: TrackedRun, result) -> None:
         parent.log_table(result.per_seed, "replicate/per_seed.csv")
     parent.log_table(result.claims_long, "claims.csv")
     parent.log_table(result.claims_summary, "claims_summary.csv")
+    pngs = {}
     for row in result.claims_summary.itertuples(index=False):
-        parent.log_figure(claim_figure(row.claim, result.claims_long, row),
-                          f"claims/{row.claim}.png")
+        pngs[f"claims/{row.claim}.png"] = parent.log_figure(
+            claim_figure(row.claim, result.claims_long, row), f"claims/{row.claim}.png")
     parent.log_text(result.text, "replicate/scorecard.txt")
+    log_replicate_report(parent, result, pngs)
+
+
+def key_aggregates(aggregates: pd.DataFrame | None) -> pd.DataFrame:
+    """The aggregates of the key metrics (steering, probe, behaviors), in that order."""
+    if aggregates is None or aggregates.empty:
+        return pd.DataFrame()
+    order = {key: i for i, key in enumerate(KEY_METRICS)}
+    rows = aggregates[aggregates["metric"].isin(order)]
+    return rows.sort_values("metric", key=lambda s: s.map(order))
+
+
+def log_replicate_report(parent: TrackedRun, result, pngs: dict[str, bytes]) -> None:
+    """``report.html`` and the description of a replicate parent: scorecard, key metrics with
+    their across-seed CIs, the claim figures, then the full tables."""
+    key = key_aggregates(result.aggregates)
+    lines = result.text.splitlines()
+    keep = ["n", "mean", "ci_low", "ci_high", "min", "max"]
+    sections = [("Claims over seeds", html_report.scorecard(result.claims_summary)),
+                ("Key metrics (mean and 95% CI over seeds)",
+                 html_report.table(key[["metric", *keep]] if len(key) else key, 30)),
+                ("Figures", html_report.figures(pngs)),
+                ("Per seed", html_report.table(result.per_seed, 50)),
+                ("All aggregates", html_report.table(result.aggregates, 60,
+                                                     "all: replicate/aggregates.csv"))]
+    parent.log_text(html_report.page(parent.client.get_run(parent.run_id).info.run_name,
+                                     f"replicate parent {parent.run_id}; seeds are its children",
+                                     lines, sections), "report.html")
+    note = [f"- {lines[0]}"] + [f"- {r.metric}: {r.mean:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]"
+                                for r in key.itertuples(index=False)][:8]
+    parent.describe("\n".join(note) + "\n\nSeeds are this run's children; full results: "
+                    "report.html")

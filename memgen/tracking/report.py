@@ -8,10 +8,18 @@ the differentiation emerges without flooding the artifact store.
 from __future__ import annotations
 
 import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from memgen.analysis.stages import Analysis
+from memgen.replicates.claims import ClaimResult
+from memgen.tracking import html_report
 from memgen.tracking.consistency_plots import overlap_matrix_figure
+from memgen.tracking.headline import description, headline
 from memgen.tracking.neuron_plots import abs_r_heatmap
+from memgen.tracking.numbers import rounded
 from memgen.tracking.probe_plots import probe_accuracy_by_layer
 from memgen.tracking.run import TrackedRun
 from memgen.tracking.steering_plots import success_vs_alpha
@@ -23,16 +31,31 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
             if v is not None and math.isfinite(float(v))}
 
 
+def log_summary(run: TrackedRun, metrics: Mapping[str, float], step: int | None) -> None:
+    """End-of-run numbers: a metric that already has a curve (a callback logged it by epoch)
+    continues it at ``step``, after every callback's, so the run table shows the final value;
+    a metric logged only once goes without a step (MLflow's default, 0), so cross-run charts
+    show one value per run instead of dots scattered at each run's last epoch."""
+    if not metrics:
+        return
+    curves = set(run.client.get_run(run.run_id).data.metrics)
+    shown = {k: rounded(v) for k, v in metrics.items()}  # 4 significant digits
+    run.log_metrics({k: v for k, v in shown.items() if k in curves}, step=step)
+    run.log_metrics({k: v for k, v in shown.items() if k not in curves})
+
+
 def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
-                 artifacts: bool = True) -> None:
+                 artifacts: bool = True) -> dict[str, bytes]:
     """Metrics at ``step`` (a training epoch); with ``artifacts`` also tables and figures.
 
-    The final analysis of the kept checkpoint is logged at a step after every callback's, so
-    the MLflow run table (which shows each metric's value at its last step) shows it.
+    With ``artifacts`` (the final analysis of the kept checkpoint) the metrics are logged by
+    :func:`log_summary`. Returns the figures as PNG by artifact path, for ``report.html``.
     """
-    run.log_metrics(finite(analysis.metrics), step=step)
     if not artifacts:
-        return
+        run.log_metrics(finite(analysis.metrics), step=step)
+        return {}
+    log_summary(run, finite(analysis.metrics), step)
+    pngs: dict[str, bytes] = {}
     run.set_tags({f"skipped/{stage}": why[:5000] for stage, why in analysis.skipped.items()})
     b = analysis.behaviors
     rows = [{"group": g, "variant": k, "prompt": ex.prompt, "output": b.labelled.outputs[g][k],
@@ -44,11 +67,13 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
     run.log_table(pd.DataFrame(rows), "behavior/outputs.parquet")
     if analysis.neurons is not None:
         run.log_table(analysis.neurons.table, "neurons/neurons.parquet")
-        run.log_figure(abs_r_heatmap(analysis.neurons.table), "neurons/abs_r_heatmap.png")
+        pngs["neurons/abs_r_heatmap.png"] = run.log_figure(
+            abs_r_heatmap(analysis.neurons.table), "neurons/abs_r_heatmap.png")
         run.log_dict(analysis.neurons.chance, "neurons/shuffle_control.json")
     if analysis.probes is not None:
         run.log_table(analysis.probes.table, "probes/probes.csv")
-        run.log_figure(probe_accuracy_by_layer(analysis.probes), "probes/accuracy_by_layer.png")
+        pngs["probes/accuracy_by_layer.png"] = run.log_figure(
+            probe_accuracy_by_layer(analysis.probes), "probes/accuracy_by_layer.png")
         run.set_tags(analysis.probes.tags())
     if analysis.steering is not None:
         run.log_table(analysis.steering.table(), "steering/transitions.csv")
@@ -57,20 +82,58 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
         run.log_table(analysis.tuning.scores, "steering/tuning.csv")
     if analysis.grid is not None and len(analysis.grid):
         run.log_table(analysis.grid, "steering/grid.csv")
-        run.log_figure(success_vs_alpha(analysis.grid), "steering/success_vs_alpha.png")
+        tuned = ((analysis.steering.k, analysis.steering.alpha)
+                 if analysis.steering is not None else None)
+        pngs["steering/success_vs_alpha.png"] = run.log_figure(
+            success_vs_alpha(analysis.grid, tuned), "steering/success_vs_alpha.png")
     if analysis.consistency is not None:
         run.log_table(analysis.consistency.table(), "consistency/intra.csv")
     if analysis.transfer is not None:
         run.log_table(analysis.transfer.table(), "consistency/transfer.csv")
     if analysis.inter is not None:
-        log_overlap_matrix(run, analysis.inter.jaccard, analysis.inter.expected)
+        pngs["consistency/inter_jaccard.png"] = log_overlap_matrix(
+            run, analysis.inter.jaccard, analysis.inter.expected)
         run.log_table(analysis.inter.cross_steering, "consistency/cross_steering.csv")
+    return pngs
 
 
-def log_overlap_matrix(run: TrackedRun, matrix, expected=None) -> None:
+def log_overlap_matrix(run: TrackedRun, matrix, expected=None) -> bytes:
     """The task-by-task overlap table and heatmap (inter-task consistency)."""
     run.log_table(matrix.reset_index(names="task"), "consistency/inter_jaccard.csv")
-    run.log_figure(overlap_matrix_figure(matrix, expected), "consistency/inter_jaccard.png")
+    return run.log_figure(overlap_matrix_figure(matrix, expected),
+                          "consistency/inter_jaccard.png")
+
+
+def kept_epoch(best_checkpoint: str | None) -> float | None:
+    """The epoch of the kept checkpoint, from its file name (``best-007.ckpt``)."""
+    found = re.search(r"(?:best-|epoch=)(\d+)", Path(best_checkpoint or "").name)
+    return float(found.group(1)) if found else None
+
+
+def finish_run(run: TrackedRun, metrics: dict[str, float], best_checkpoint: str | None = None,
+               analysis: Analysis | None = None, claims: Sequence[ClaimResult] | None = None,
+               figures: Mapping[str, bytes] | None = None) -> float:
+    """What the UI shows first: ``val/best_*`` and ``kept/epoch`` as metrics, the headline as
+    the run's description, and ``report.html``. Returns the seconds it took."""
+    started = time.perf_counter()
+    extra = {k: v for k, v in metrics.items() if k.startswith("val/best_")}
+    epoch = kept_epoch(best_checkpoint)
+    if epoch is not None:
+        extra["kept/epoch"] = epoch
+    run.log_metrics({k: rounded(v) for k, v in finite(extra).items()})
+    metrics |= extra
+    info = run.client.get_run(run.run_id)
+    name, tags = info.info.run_name, info.data.tags
+    run.describe(description(metrics, claims))
+    subtitle = (f"task {tags.get('task', '?')} · model {tags.get('model.arch', '?')} "
+                f"({tags.get('model.kind', '?')}) · seed {tags.get('seed', '?')} · run "
+                f"{run.run_id}")
+    sections = [("Claims scorecard", html_report.scorecard(claims) if claims else ""),
+                ("Figures", html_report.figures(figures or {})),
+                *html_report.analysis_sections(analysis)]
+    run.log_text(html_report.page(name, subtitle, headline(metrics, claims), sections),
+                 "report.html")
+    return time.perf_counter() - started
 
 
 def _steering_rows_inline(result) -> str:

@@ -7,11 +7,12 @@ MLflow's global active run (which Lightning's MLFlowLogger never sets).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import secrets
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -34,7 +35,15 @@ from memgen.tracking.interrupts import (
     interrupts_between_writes,
     signals_ignored,
 )
+from memgen.tracking.numbers import clean
 from memgen.tracking.store import artifact_root, tracking_uri
+
+# The experiment tag the MLflow 3 UI reads to open an experiment on its runs ("Machine
+# learning") instead of the GenAI traces page (mlflow/server/js: ExperimentKind).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+PREVIEW_ROWS = 200  # rows of the CSV next to a parquet table (the UI previews CSV, not parquet)
 
 
 @dataclass
@@ -54,8 +63,9 @@ class TrackedRun:
 
     @deferring
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """float32 noise removed (0.86, not 0.8600000143051147)."""
         mlflow_metrics = [
-            mlflow.entities.Metric(k, float(v), mlflow.utils.time.get_current_time_millis(),
+            mlflow.entities.Metric(k, clean(v), mlflow.utils.time.get_current_time_millis(),
                                    step or 0)
             for k, v in metrics.items() if v is not None and not self.logged(k, step)
         ]
@@ -78,23 +88,50 @@ class TrackedRun:
         self.client.log_text(self.run_id, text, path)
 
     @deferring
-    def log_figure(self, figure, path: str) -> None:
+    def log_figure(self, figure, path: str) -> bytes:
+        """The figure as a PNG artifact; returns the PNG, so a report can inline it."""
         import matplotlib.pyplot as plt
 
-        self.client.log_figure(self.run_id, figure, path)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
         plt.close(figure)
+        png = buffer.getvalue()
+        self.log_bytes(png, path)
+        return png
+
+    @deferring
+    def log_bytes(self, data: bytes, path: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            local.write_bytes(data)
+            parent = str(Path(path).parent)
+            self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+
+    def describe(self, text: str) -> None:
+        """The run's description (markdown), shown on its page and as a list column."""
+        self.set_tags({NOTE_TAG: text[:5000]})
 
     @deferring
     def log_table(self, frame, path: str) -> None:
-        """A DataFrame as a parquet (or CSV) artifact: per-neuron data never goes to metrics."""
+        """A DataFrame as a parquet (or CSV) artifact: per-neuron data never goes to metrics.
+
+        A parquet table also gets ``<name>_top<N>.csv`` of its first rows beside it: the
+        MLflow artifact viewer previews CSV but not parquet.
+        """
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / Path(path).name
+            files = [local]
             if local.suffix == ".parquet":
                 frame.to_parquet(local, index=False)
+                preview = local.with_name(f"{local.stem}_top{PREVIEW_ROWS}.csv")
+                frame.head(PREVIEW_ROWS).to_csv(preview, index=False, float_format="%.4g")
+                files.append(preview)
             else:
                 frame.to_csv(local, index=False)
             parent = str(Path(path).parent)
-            self.client.log_artifact(self.run_id, str(local), None if parent == "." else parent)
+            for file in files:
+                self.client.log_artifact(self.run_id, str(file),
+                                         None if parent == "." else parent)
 
     @deferring
     def log_dict(self, data: dict, path: str) -> None:
@@ -105,27 +142,67 @@ class TrackedRun:
         self.client.log_artifacts(self.run_id, str(local_dir), path)
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+def context_tags() -> dict[str, str]:
+    """MLflow's own source, user and git tags (``mlflow.source.*``, ``mlflow.user``).
+
+    MLflow finds git from the entry point (``sys.argv[0]``); a console script or a test runner
+    in the virtualenv may not be inside the checkout, so git falls back to the project root.
+    """
+    from mlflow.tracking.context.registry import resolve_tags  # noqa: PLC0415
+    from mlflow.utils import git_utils  # noqa: PLC0415
+
+    tags = dict(resolve_tags())
+    if "mlflow.source.git.commit" not in tags:
+        for key, get in (("mlflow.source.git.commit", git_utils.get_git_commit),
+                         ("mlflow.source.git.branch", git_utils.get_git_branch),
+                         ("mlflow.source.git.repoURL", git_utils.get_git_repo_url)):
+            value = get(str(PROJECT_ROOT))
+            if value:
+                tags[key] = value
+    return tags
+
+
+def model_label(cfg: DictConfig) -> str:
+    """``gpt2-2x64`` for a scratch model, the base's last path part for LoRA."""
+    m = cfg.model
+    if m.kind == "scratch":
+        return f"{m.arch}-{m.n_layer}x{m.n_embd}"
+    return f"lora-{Path(str(m.name_or_path)).name}"
+
+
+def default_run_name(cfg: DictConfig, command: str) -> str:
+    """``<task>-<model>-s<seed>-<4 hex>``: what it is, and unique among runs of one seed."""
+    prefix = "" if command in ("run", "train") else f"{command}-"
+    return f"{prefix}{cfg.task.name}-{model_label(cfg)}-s{cfg.seed}-{secrets.token_hex(2)}"
 
 
 def run_tags(cfg: DictConfig, command: str) -> dict[str, str]:
     """Tags that make runs filterable in the UI."""
-    return {
+    context = context_tags()
+    return context | {
         "memgen.command": command,
         "task": cfg.task.name,
         "model.kind": cfg.model.kind,
         "model.arch": (cfg.model.arch if cfg.model.kind == "scratch"
                        else str(cfg.model.name_or_path)),
         "seed": str(cfg.seed),
-        "git.commit": git_commit(),
+        "git.commit": context.get("mlflow.source.git.commit", "unknown"),
         "memgen.version": memgen.__version__,
     } | environment_tags() | process_tags()
+
+
+# config sections that apply to one model kind only (the others stay out of the params)
+_KIND_PARAMS = {"scratch": ("model.name_or_path", "model.lora.", "model.log_merged"),
+                "lora": ("model.arch", "model.n_layer", "model.n_embd", "model.n_head",
+                         "model.n_positions", "model.intermediate_size", "model.dropout")}
+
+
+def applicable(params: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
+    """Params without those of the other model kind (no LoRA rank on a scratch model)."""
+    drop = _KIND_PARAMS.get(cfg.model.kind, ())
+    if cfg.model.kind == "scratch" and cfg.model.arch != "llama":
+        drop = (*drop, "model.intermediate_size")
+    return {k: v for k, v in params.items() if not k.startswith(drop)}
 
 
 def process_tags() -> dict[str, str]:
@@ -164,16 +241,20 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return safe
 
 
-
 def get_experiment_id(client: MlflowClient, cfg: DictConfig) -> str:
+    """The experiment's id, created when missing; marked as model training, so the UI opens it
+    on its runs (an experiment kind someone chose in the UI is kept)."""
     name = cfg.tracking.experiment
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_root(cfg))
-    except mlflow.exceptions.MlflowException:  # created concurrently by another process
-        return client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_root(cfg),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:  # created concurrently by another process
+            experiment = client.get_experiment_by_name(name)
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def end_status(exc: BaseException | None) -> str:
@@ -201,9 +282,10 @@ def _open_run(cfg: DictConfig, command: str, run_id: str | None,
     tags = run_tags(cfg, command) | dict(extra_tags or {})
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment_id, tags=tags, run_name=run_name or cfg.tracking.run_name)
+    name = run_name or cfg.tracking.run_name or default_run_name(cfg, command)
+    run = client.create_run(experiment_id, tags=tags, run_name=name)
     tracked = TrackedRun(client, run.info.run_id, experiment_id, uri)
-    tracked.log_params(flatten(cfg))
+    tracked.log_params(applicable(flatten(cfg), cfg))
     tracked.log_text(OmegaConf.to_yaml(cfg), "config.yaml")
     tracked.log_dict(environment(), "environment.json")
     return tracked
