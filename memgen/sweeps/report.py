@@ -20,7 +20,7 @@ from memgen.sweeps.objectives import Objective
 from memgen.sweeps.space import Param
 from memgen.tracking import html_report
 from memgen.tracking.headline import KEY_METRICS
-from memgen.tracking.numbers import rounded
+from memgen.tracking.numbers import clean
 from memgen.tracking.report import finite
 from memgen.tracking.run import TrackedRun
 from memgen.tracking.sweep_plots import study_figures
@@ -92,7 +92,8 @@ def log_study(parent: TrackedRun, study: optuna.Study, objectives: Sequence[Obje
             vals = "  ".join(f"{n}={v:.4f}" for n, v in zip(names, t.values, strict=True))
             lines.append(f"  trial {t.number}: {vals}  "
                          + "  ".join(f"{k}={v}" for k, v in t.params.items()))
-    metrics = {k: rounded(v) for k, v in finite(metrics).items()}  # as logged
+    # as logged (float32 noise off): equal to the trials' own values, which Optuna compares
+    metrics = {k: clean(v) for k, v in finite(metrics).items()}
     parent.log_metrics(metrics)
     figures, notes = study_figures(study, names, [p.key for p in params])
     pngs = {path: parent.log_figure(fig, path) for path, fig in figures.items()}
