@@ -190,3 +190,19 @@ def test_inter_task_needs_a_mixture(trained_run):
     features = capture(cfg, trained.model, trained.tokenizer, behaviors)
     with pytest.raises(ValueError, match="task=mixture"):
         run_inter_task(cfg, trained.model, trained.tokenizer, trained.task, features, behaviors)
+
+
+def test_a_split_too_small_for_a_probe_skips_the_stage_not_the_run(trained_run, monkeypatch):
+    """Few pairs (e.g. 3 MEM / 1 GEN in the selection split) make probes impossible: the stage
+    is skipped with its reason, and the neuron results still come back."""
+    from memgen.analysis import stages
+
+    def too_small(*_args, **_kwargs):
+        raise ValueError("train split too small: 3 MEM / 1 GEN, need >= 2 of each")
+
+    monkeypatch.setattr(stages, "run_probes", too_small)
+    cfg, trained = trained_run["cfg"], trained_run["objects"]["trained"]
+    result = stages.analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
+                                  stages=("neurons", "probes"))
+    assert "too small" in result.skipped["probes"] and result.probes is None
+    assert "neurons/max_abs_r" in result.metrics

@@ -526,8 +526,11 @@ def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
     result.neurons = neurons
     result.metrics |= neurons.metrics()
     if "probes" in stages:
-        result.probes = run_probes(cfg, features, behaviors, neurons.selection, tokenizer)
-        result.metrics |= result.probes.metrics()
+        try:
+            result.probes = run_probes(cfg, features, behaviors, neurons.selection, tokenizer)
+            result.metrics |= result.probes.metrics()
+        except ValueError as exc:  # a split too small to fit a probe: the rest still stands
+            result.skipped["probes"] = str(exc)
     clean = task.clean_examples()
     steer_cfg = cfg  # the tuned (top_fraction, alpha) also steer the transfer below
     if "steering" in stages:
