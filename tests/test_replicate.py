@@ -117,6 +117,12 @@ def test_verdict_flips_when_the_threshold_crosses_the_statistic(claim, key, acro
         assert rows[claim].verdict == verdict, (claim, threshold)
 
 
+def test_a_statistic_within_float_noise_of_its_threshold_is_on_it():
+    run = GOOD_RUN | {"side/clean_acc_drop": 0.925 - 0.905}  # 0.020000000000000018
+    rows = {r.name: r for r in score_claims(run, compose([]).claims)}
+    assert rows["side_effects"].value > 0.02 and rows["side_effects"].verdict == PASS
+
+
 def test_missing_measurements_are_not_applicable():
     rows = score_claims({"kept/mem_rate": 0.5, "kept/gen_rate": 0.1}, compose([]).claims)
     verdicts = {r.name: r.verdict for r in rows}
