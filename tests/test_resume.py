@@ -187,12 +187,18 @@ def test_sigint_at_random_moments_always_leaves_a_resumable_run(tmp_path, capsys
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     rng = random.Random(20)
     epochs = 3
+    # the moments are drawn within one uninterrupted run's duration on this machine (timed
+    # after a warm-up run that pays for imports and the store): a fixed window lets a fast
+    # machine finish before most signals arrive
     assert main(["train", *small(tmp_path, 1, **{"tracking.experiment": "warm"})]) == 0
+    started = time.perf_counter()
+    assert main(["train", *small(tmp_path, epochs, **{"tracking.experiment": "timed"})]) == 0
+    duration = time.perf_counter() - started
     counts = Counter()
     for attempt in range(20):
         experiment = f"try{attempt}"
         overrides = small(tmp_path, epochs, **{"tracking.experiment": experiment})
-        code = _interrupt_at(rng.uniform(0.0, 4.0), ["train", *overrides])
+        code = _interrupt_at(rng.uniform(0.0, 0.9 * duration), ["train", *overrides])
         err = capsys.readouterr().err
         found = runs(uri, experiment)
         if code == 130:
@@ -214,5 +220,5 @@ def test_sigint_at_random_moments_always_leaves_a_resumable_run(tmp_path, capsys
             counts["resumed"] += 1
         assert_continued(uri, run_id, epochs)
     print(f"SIGINT loop: {dict(counts)}")
-    assert counts["interrupted"] >= 10, counts
-    assert counts["resumed"] >= 5, counts
+    assert counts["interrupted"] >= 8, counts
+    assert counts["resumed"] >= 4, counts

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 
@@ -18,7 +15,7 @@ from memgen.cli import ui_command
 from memgen.config import compose
 from memgen.pipeline import train
 from tests.conftest import tiny_overrides
-from tests.test_reliability import _free_port
+from tests.helpers_ui import memgen_ui
 
 pytestmark = pytest.mark.slow
 
@@ -38,27 +35,9 @@ def test_ui_command_is_lean_and_local():
 
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
-    store = f"sqlite:///{tmp_path}/server/mlflow.db"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "memgen.cli", "ui", f"tracking.uri={store}",
-         f"tracking.artifact_root={tmp_path}/server/artifacts", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(process.stderr.read()[-2000:]) from None
-                time.sleep(0.5)
+    with memgen_ui(f"tracking.uri=sqlite:///{tmp_path}/server/mlflow.db",
+                   f"tracking.artifact_root={tmp_path}/server/artifacts") as (url, _process):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_run_against_a_real_server_is_readable_over_rest(server, tmp_path):

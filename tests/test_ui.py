@@ -10,10 +10,7 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 import warnings
 from pathlib import Path
 
@@ -41,6 +38,7 @@ from memgen.tracking.run import (
 )
 from memgen.tracking.steering_plots import success_vs_alpha
 from tests.conftest import tiny_overrides
+from tests.helpers_ui import memgen_ui
 
 METRICS = {
     "kept/mem_rate": 0.35, "kept/gen_rate": 0.55, "kept/other_rate": 0.1, "kept/epoch": 7.0,
@@ -288,28 +286,9 @@ def _pss_kb(pid: int) -> int:
 
 @pytest.fixture
 def ui_server(trained_run):
-    from tests.test_reliability import _free_port
-
-    port = _free_port()
     uri = f"sqlite:///{trained_run['root']}/mlruns/mlflow.db"
-    process = subprocess.Popen([sys.executable, "-m", "memgen.cli", "ui", f"tracking.uri={uri}",
-                                "--port", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(process.stderr.read()[-2000:]) from None
-                time.sleep(0.5)
+    with memgen_ui(f"tracking.uri={uri}") as (url, process):
         yield url, process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.slow
