@@ -70,9 +70,7 @@ def replicate_key(cfg: DictConfig) -> str:
 
 
 def seed_config(base: dict[str, Any], seed: int) -> DictConfig:
-    data = OmegaConf.to_container(OmegaConf.create(base), resolve=True)
-    data["seed"] = seed
-    return to_schema(data)
+    return to_schema(base | {"seed": seed})
 
 
 def run_seeds(job: SeedJob) -> None:
@@ -152,7 +150,6 @@ def replicate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         from memgen.tracking.replicate_report import log_replicate  # noqa: PLC0415
 
         log_replicate(parent, result)
-    result.run_id = parent.run_id
     return result.metrics, {"run_id": parent.run_id, "summary": result.text, "result": result}
 
 
@@ -168,7 +165,6 @@ class ReplicateResult:
     claims_summary: Any  # DataFrame: claim, pass count, CI of the statistic
     metrics: dict[str, float]
     text: str
-    run_id: str = ""
 
 
 def summarise(cfg: DictConfig, per_seed: dict[int, dict[str, float]], failed: list[int]
