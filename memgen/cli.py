@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from memgen.config import ConfigError, compose
 from memgen.errors import NonFiniteLossError
+from memgen.tracking.interrupts import uninterrupted
 
 COMMANDS = {
     "run": "train, then find neurons, probe, steer and check consistency (the main job)",
@@ -130,7 +131,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C must reach the run even when the parent shell started us with SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        cfg = compose(args.overrides)
+        with uninterrupted():  # Hydra turns a Ctrl-C while it reads a file into a crash
+            cfg = compose(args.overrides)
         from memgen.preflight import preflight, runs_command  # noqa: PLC0415
 
         preflight(args.command, cfg)
@@ -139,7 +141,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if cfg.resume:
             from memgen.tracking.load import resumed_config  # noqa: PLC0415
 
-            cfg = resumed_config(cfg, args.overrides)
+            with uninterrupted():
+                cfg = resumed_config(cfg, args.overrides)
         if args.command == "ui":
             env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             os.execvpe(sys.executable, ui_command(cfg, args.port), env)

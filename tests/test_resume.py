@@ -222,3 +222,24 @@ def test_sigint_at_random_moments_always_leaves_a_resumable_run(tmp_path, capsys
     print(f"SIGINT loop: {dict(counts)}")
     assert counts["interrupted"] >= 8, counts
     assert counts["resumed"] >= 4, counts
+
+
+def test_ctrl_c_while_the_config_is_read_exits_130_without_a_traceback(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Hydra's config reader turns an interrupt inside its ``open`` into ``UnboundLocalError``
+    (its ``finally`` closes a file it never opened); the CLI holds Ctrl-C until it has read."""
+    real_open = Path.open
+    sent = []
+
+    def open_then_interrupted(self, *args, **kwargs):
+        if self.suffix == ".yaml" and not sent:
+            sent.append(self)
+            os.kill(os.getpid(), signal.SIGINT)  # lands here, inside Hydra's read
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_then_interrupted)
+    assert main(["train", *small(tmp_path, 1)]) == 130
+    err = capsys.readouterr().err
+    assert sent and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("memgen: interrupted")
+    assert runs(f"sqlite:///{tmp_path}/mlruns/mlflow.db") == []  # stopped before any run

@@ -8,7 +8,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from memgen.tracking.interrupts import deferred, deferring, hold, release
+from memgen.tracking.interrupts import Uninterruptible, deferred, deferring, hold, release
 from memgen.tracking.run import TrackedRun
 
 
@@ -22,6 +22,8 @@ class RunLogger(MLFlowLogger):
     def __init__(self, run: TrackedRun, **kwargs) -> None:
         super().__init__(**kwargs)
         self._run = run
+        # its reads too (``experiment`` looks the run up): no store call is cut by Ctrl-C
+        self._mlflow_client = Uninterruptible(self._mlflow_client)
 
     @rank_zero_only
     @deferring

@@ -29,6 +29,7 @@ import memgen
 from memgen.config import PROJECT_ROOT, ConfigError
 from memgen.environment import environment, environment_tags
 from memgen.tracking.interrupts import (
+    Uninterruptible,
     current_run,
     deferred,
     deferring,
@@ -269,7 +270,7 @@ def _open_run(cfg: DictConfig, command: str, run_id: str | None,
               parent_run_id: str | None, run_name: str | None,
               extra_tags: Mapping[str, str] | None) -> TrackedRun:
     uri = tracking_uri(cfg)
-    client = MlflowClient(tracking_uri=uri)
+    client: MlflowClient = Uninterruptible(MlflowClient(tracking_uri=uri))  # type: ignore
     if run_id is not None:
         run = client.get_run(run_id)
         client.update_run(run_id, status="RUNNING")
