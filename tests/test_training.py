@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memgen.config import compose
 from memgen.pipeline import train
+from memgen.tracking.numbers import clean
 from memgen.training.data import encode_training, make_task, pad_right, task_tokenizer
 from tests.conftest import tiny_overrides
 
@@ -73,6 +74,10 @@ def test_tiny_training_run_learns_and_is_tracked(tmp_path):
     for key in ("val/mem_rate", "val/gen_rate", "val/other_rate", "val/behavior_balance",
                 "kept/mem_rate"):
         assert key in run.data.metrics
+    # Lightning's float32 curves as their shortest decimals (0.86, not 0.8600000143051147)
+    for key in ("val/mem_rate", "val/behavior_balance", "train/loss_epoch"):
+        for m in client.get_metric_history(run_id, key):
+            assert m.value == clean(m.value), (key, m.value)
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "model", "checkpoints"} <= artifacts
     local = client.download_artifacts(run_id, "model", str(tmp_path / "dl"))

@@ -9,6 +9,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from memgen.tracking.interrupts import Uninterruptible, deferred, deferring, hold, release
+from memgen.tracking.numbers import clean
 from memgen.tracking.run import TrackedRun
 
 
@@ -28,8 +29,9 @@ class RunLogger(MLFlowLogger):
     @rank_zero_only
     @deferring
     def log_metrics(self, metrics, step=None) -> None:
-        # a resumed run already holds these steps: logging them again would duplicate them
-        metrics = {k: v for k, v in metrics.items() if not self._run.logged(k, step)}
+        # a resumed run already holds these steps: logging them again would duplicate them;
+        # Lightning's values are float32 tensors: 0.86, not 0.8600000143051147
+        metrics = {k: clean(v) for k, v in metrics.items() if not self._run.logged(k, step)}
         if metrics:
             super().log_metrics(metrics, step)
 
