@@ -126,12 +126,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from memgen.tracking.quiet import quiet_library_noise  # noqa: PLC0415
 
-    quiet_library_noise()
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
     # Ctrl-C must reach the run even when the parent shell started us with SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        with uninterrupted():  # Hydra turns a Ctrl-C while it reads a file into a crash
+        # held from Ctrl-C: Hydra turns one inside its file read into a crash, and setLevel
+        # keeps logging's module lock if cut (tracking/quiet.py)
+        with uninterrupted():
+            quiet_library_noise()
+            logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
             cfg = compose(args.overrides)
         from memgen.preflight import preflight, runs_command  # noqa: PLC0415
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import signal
@@ -83,8 +84,8 @@ def test_ctrl_c_at_random_moments_of_store_calls_never_leaves_the_store_locked(t
         for _ in range(150):
             timer = threading.Timer(rng.uniform(0, 0.02),
                                     lambda: os.kill(os.getpid(), signal.SIGINT))
-            timer.start()
             try:
+                timer.start()  # a short delay can fire before start() returns
                 while True:  # writes and reads until the interrupt lands
                     step += 1
                     client.log_batch(run_id, metrics=[Metric("m", 1.0, 0, step)])
@@ -97,3 +98,53 @@ def test_ctrl_c_at_random_moments_of_store_calls_never_leaves_the_store_locked(t
     assert interrupted == 150
     client.set_tag(run_id, "after", "written")  # the store takes writes
     assert client.get_run(run_id).data.tags["after"] == "written"
+
+
+def _lock_is_free() -> bool:
+    """Whether another thread can take logging's module lock (and give it back)."""
+    got = []
+
+    def take_and_give_back() -> None:
+        got.append(logging._lock.acquire(timeout=2))
+        if got[-1]:
+            logging._lock.release()
+
+    other = threading.Thread(target=take_and_give_back)
+    other.start()
+    other.join()
+    return got == [True]
+
+
+@pytest.mark.slow
+def test_ctrl_c_inside_any_set_level_of_a_run_never_leaves_logging_locked(tmp_path,
+                                                                           monkeypatch):
+    """``Logger.setLevel`` holds logging's module lock without a ``finally``: a Ctrl-C inside
+    it kept the lock, the next thread to log (MLflow's system-metrics sampler) blocked, and
+    joining that thread hung the run. Each ``setLevel`` call a run makes (imports done) gets
+    the Ctrl-C in turn; every one must leave the lock free."""
+    from memgen.cli import main
+    from tests.conftest import tiny_overrides
+
+    args = ["train", *tiny_overrides(tmp_path, **{"trainer.max_epochs": 1})]
+    assert main(args) == 0  # imports (whose loggers call setLevel once) done
+    real = logging.Manager._clear_cache  # what setLevel calls while holding the lock
+    calls: list[bool] = []
+    cut_at: list[int] = []
+
+    def cut_inside(self):  # what a Ctrl-C arriving mid-call does to the real one
+        calls.append(True)
+        logging._lock.acquire()
+        if cut_at and len(calls) == cut_at[0]:
+            os.kill(os.getpid(), signal.SIGINT)
+        logging._lock.release()
+        real(self)
+
+    monkeypatch.setattr(logging.Manager, "_clear_cache", cut_inside)
+    assert main(args) == 0
+    per_run = len(calls)
+    assert per_run >= 1
+    for nth in range(1, per_run + 1):
+        calls.clear()
+        cut_at[:] = [nth]
+        assert main(args) == 130
+        assert _lock_is_free(), f"logging's lock held after a Ctrl-C in setLevel call {nth}"

@@ -209,6 +209,12 @@ def test_library_noise_is_filtered_and_memgen_warnings_stay(recwarn):
                                "`loss_type=None` was set in the config but it is unrecognized.",
                                None, None)
     assert not logging.getLogger("transformers.modeling_utils").filter(record)
+    sampler = "mlflow.system_metrics.system_metrics_monitor"
+    for message, shown in (("Started monitoring system metrics.", False),
+                           ("Skip logging GPU metrics. Set logger level to DEBUG", False),
+                           ("Failed to start monitoring system metrics: boom", True)):
+        record = logging.LogRecord(sampler, logging.INFO, "", 0, message, None, None)
+        assert bool(logging.getLogger(sampler).filter(record)) is shown, message
 
 
 def test_terminal_summary_is_short_with_the_run_link(tmp_path, capsys):

@@ -13,6 +13,7 @@ import logging
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor
 
+from memgen.tracking.interrupts import deferred
 from memgen.tracking.run import TrackedRun
 
 log = logging.getLogger(__name__)
@@ -31,29 +32,27 @@ class SystemMetrics(pl.Callback):
             SystemMetricsMonitor,
         )
 
-        mlflow_log = logging.getLogger("mlflow.system_metrics")
-        level = mlflow_log.level
-        mlflow_log.setLevel(logging.WARNING)  # "Started monitoring system metrics" chatter
-        try:
-            self.monitor = SystemMetricsMonitor(
-                self.run.run_id, sampling_interval=self.interval_s, samples_before_logging=1,
-                resume_logging=True, tracking_uri=self.run.uri)
-            self.monitor.start()
-        except Exception as exc:  # noqa: BLE001 - a missing sampler must not stop training
-            log.warning("memgen: system metrics off (%s)", exc)
-            self.monitor = None
-        finally:
-            mlflow_log.setLevel(level)
+        # held from Ctrl-C: cut mid-start, a sampler thread would run on that nobody stops
+        with deferred():
+            try:
+                self.monitor = SystemMetricsMonitor(
+                    self.run.run_id, sampling_interval=self.interval_s, samples_before_logging=1,
+                    resume_logging=True, tracking_uri=self.run.uri)
+                self.monitor.start()
+            except Exception as exc:  # noqa: BLE001 - a missing sampler must not stop training
+                log.warning("memgen: system metrics off (%s)", exc)
+                self.monitor = None
 
     def stop(self) -> None:
+        """Join the sampler; its start/stop chatter is filtered in ``tracking/quiet.py``.
+
+        No ``setLevel`` around it: ``Logger.setLevel`` takes logging's module lock without a
+        ``finally``, so a Ctrl-C inside it kept the lock, the sampler thread blocked on it at
+        its next log call, and joining the sampler hung the process.
+        """
         if self.monitor is not None:
-            mlflow_log = logging.getLogger("mlflow.system_metrics")
-            level = mlflow_log.level
-            mlflow_log.setLevel(logging.WARNING)
-            try:
+            with deferred():
                 self.monitor.finish()
-            finally:
-                mlflow_log.setLevel(level)
             self.monitor = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

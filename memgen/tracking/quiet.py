@@ -6,7 +6,12 @@ Each entry names a message seen on a default run and why it is noise to the user
 - ``isinstance(treespec, LeafSpec)`` is deprecated: Lightning's internals on newer torch;
 - transformers' ``loss_type=None ... unrecognized``: a GPT-2 config without a loss type;
 - Lightning's hardware banner, litlogger tips and "estimate stepping batches" notes;
-- MLflow's "Creating initial MLflow database tables" on a new store.
+- MLflow's "Creating initial MLflow database tables" on a new store;
+- MLflow's system-metrics sampler starting and stopping (its metrics are in the run).
+
+Filters, not ``setLevel``: ``Logger.setLevel`` takes logging's module lock without a
+``finally``, and a Ctrl-C inside it leaves the lock held for good (every other thread that
+logs then blocks).
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ _LOG_LINES = re.compile(r"ckpt_path=None|LeafSpec|loss_type=None|Tip: For seamle
                         r"(GPU|TPU|HPU) available|estimate number of stepping batches|"
                         r"limit_(train|val)_batches=1.0\)` was configured|"
                         r"Creating initial MLflow database tables|Updating database tables|"
-                        r"`Trainer.fit` stopped")
+                        r"`Trainer.fit` stopped|Started monitoring system metrics|"
+                        r"(Stopping|Successfully terminated) system metrics monitoring|"
+                        r"Skip logging GPU metrics")
 _LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning.fabric",
             "pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero",
-            "transformers", "transformers.modeling_utils", "mlflow.store.db.utils")
+            "transformers", "transformers.modeling_utils", "mlflow.store.db.utils",
+            "mlflow.system_metrics.system_metrics_monitor")
 
 
 class _DropNoise(logging.Filter):

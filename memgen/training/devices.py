@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from memgen.config import ConfigError
+from memgen.tracking.interrupts import uninterrupted
 
 GPU_NAMES = ("gpu", "cuda", "mps")
 
@@ -75,16 +76,18 @@ def check_devices(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.devices: expected a count (1, 2, -1), a list of indices or "
                           f"'auto', got {devices!r}")
     quiet = logging.getLogger("pytorch_lightning")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:  # what this machine has for these settings (e.g. 4 cuda devices on a 1-GPU box)
-        pl.Trainer(accelerator=tr.accelerator, devices=devices, strategy=tr.strategy,
-                   precision=tr.precision, logger=False, enable_checkpointing=False,
-                   enable_progress_bar=False, enable_model_summary=False)
-    except Exception as exc:  # noqa: BLE001 - Lightning's own verdict, in one line
-        raise ConfigError(f"trainer.devices: {_one_line(exc)}") from None
-    finally:
-        quiet.setLevel(level)
+    # held from Ctrl-C: setLevel takes logging's module lock without a finally (quiet.py)
+    with uninterrupted():
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:  # what this machine has for these settings (e.g. 4 cuda devices on a 1-GPU box)
+            pl.Trainer(accelerator=tr.accelerator, devices=devices, strategy=tr.strategy,
+                       precision=tr.precision, logger=False, enable_checkpointing=False,
+                       enable_progress_bar=False, enable_model_summary=False)
+        except Exception as exc:  # noqa: BLE001 - Lightning's own verdict, in one line
+            raise ConfigError(f"trainer.devices: {_one_line(exc)}") from None
+        finally:
+            quiet.setLevel(level)
 
 
 def check_output_dir(cfg: DictConfig) -> None:
