@@ -6,7 +6,9 @@ Each entry names a message seen on a default run and why it is noise to the user
 - ``isinstance(treespec, LeafSpec)`` is deprecated: Lightning's internals on newer torch;
 - transformers' ``loss_type=None ... unrecognized``: a GPT-2 config without a loss type;
 - Lightning's hardware banner, litlogger tips and "estimate stepping batches" notes;
-- MLflow's "Creating initial MLflow database tables" on a new store.
+- MLflow's "Creating initial MLflow database tables" on a new store;
+- Lightning's "use ``self.log('val/...', sync_dist=True)``" on several devices: the validation
+  rates are computed from counts summed over ranks, identical on every rank already.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 import warnings
 
 _WARNINGS = (r".*fit\(ckpt_path=None\)", r".*isinstance\(treespec, LeafSpec\)",
-             r".*loss_type=None.*unrecognized")
+             r".*loss_type=None.*unrecognized", r".*self\.log\('val/.*sync_dist=True")
 _LOG_LINES = re.compile(r"ckpt_path=None|LeafSpec|loss_type=None|Tip: For seamless|"
                         r"(GPU|TPU|HPU) available|estimate number of stepping batches|"
                         r"limit_(train|val)_batches=1.0\)` was configured|"
