@@ -150,8 +150,9 @@ LEARNS = {"task.n_train": 400, "task.mem_ratio": 0.3, "trainer.max_epochs": 6,
           "trainer.lr": 0.005, "trainer.batch_size": 16, "trainer.num_threads": 1}
 
 
-def _memgen(*args: str, **popen) -> subprocess.Popen:
-    env = os.environ | {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+def _memgen(*args: str, path: tuple[Path, ...] = (), **popen) -> subprocess.Popen:
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(map(str, (*path, ROOT))),
+                        "HF_HUB_OFFLINE": "1"}
     env.pop("LOCAL_RANK", None)
     return subprocess.Popen([sys.executable, "-m", "memgen.cli", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
@@ -249,3 +250,31 @@ def test_killing_rank_one_mid_training_never_leaves_the_run_running(tmp_path):
         (run,) = _runs(tmp_path)
     assert run.info.status in ("FAILED", "KILLED")
     assert run.info.run_id == ckpt.parent.name
+
+
+# imported by every Python process that has its folder on PYTHONPATH: rank 1 fails at step 3
+FAIL_ON_RANK_1 = """
+import os
+if os.environ.get("LOCAL_RANK") == "1":
+    from memgen.training.module import MemGenModule
+    step = MemGenModule.training_step
+    def failing(self, batch, batch_idx):
+        if self.global_step >= 3:
+            raise ValueError("injected on rank 1")
+        return step(self, batch, batch_idx)
+    MemGenModule.training_step = failing
+"""
+
+
+@pytest.mark.slow
+def test_an_error_on_rank_one_ends_the_run_failed_naming_the_rank(tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAIL_ON_RANK_1)
+    proc = _memgen("train", *tiny_overrides(tmp_path, **LEARNS), *DDP, path=(hook,))
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    assert "injected on rank 1" in stderr
+    (run,) = _runs(tmp_path)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["memgen.error.rank1"] == "ValueError: injected on rank 1"
