@@ -278,3 +278,25 @@ def test_an_error_on_rank_one_ends_the_run_failed_naming_the_rank(tmp_path):
     (run,) = _runs(tmp_path)
     assert run.info.status == "FAILED"
     assert run.data.tags["memgen.error.rank1"] == "ValueError: injected on rank 1"
+
+
+@pytest.mark.slow
+def test_resume_on_two_devices_continues_the_same_run(tmp_path):
+    overrides = tiny_overrides(tmp_path, **(LEARNS | {"trainer.max_epochs": 2}))
+    first = _memgen("train", *overrides)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    (run,) = _runs(tmp_path)
+    _client(tmp_path).set_terminated(run.info.run_id, "KILLED")  # as after a Ctrl-C
+
+    keep = [o for o in overrides if o.startswith(("tracking.", "output_dir="))]
+    resumed = _memgen("train", f"resume={run.info.run_id}", "trainer.max_epochs=4", *keep, *DDP)
+    stdout, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1" in stderr
+    (after,) = _runs(tmp_path)  # the same run, no second one
+    assert after.info.run_id == run.info.run_id and after.info.status == "FINISHED"
+    assert after.data.tags["memgen.resume.epoch"] == "1"  # epochs 0-1 were not trained again
+    history = _client(tmp_path).get_metric_history(run.info.run_id, "val/mem_rate")
+    assert len(history) == 4 and len({m.step for m in history}) == 4
+    assert stdout.count(f"run {run.info.run_id} in") == 1
