@@ -143,6 +143,23 @@ def test_analysis_callbacks_and_validation_generation_skip_non_zero_ranks(monkey
     assert float(module.counts[Behavior.OTHER.value].compute()) == 4.0
 
 
+def test_ranks_that_disagree_on_the_kept_checkpoint_fail_the_fit():
+    from memgen.training.distributed import SameKeptCheckpoint
+
+    def trainer(agree: bool) -> SimpleNamespace:
+        strategy = SimpleNamespace(broadcast=lambda obj, src: "best-003.ckpt",
+                                   reduce_boolean_decision=lambda mine, all: mine and agree)
+        return SimpleNamespace(world_size=2, global_rank=1, strategy=strategy)
+
+    same = SameKeptCheckpoint(SimpleNamespace(best_model_path="/ckpt/best-003.ckpt"))
+    same.on_train_end(trainer(agree=True), None)
+    other = SameKeptCheckpoint(SimpleNamespace(best_model_path="/ckpt/best-002.ckpt"))
+    with pytest.raises(RuntimeError, match="rank 1 kept 'best-002.ckpt', rank 0 kept"):
+        other.on_train_end(trainer(agree=True), None)
+    with pytest.raises(RuntimeError):  # this rank agrees, another does not
+        same.on_train_end(trainer(agree=False), None)
+
+
 # ---- two real processes ---------------------------------------------------------------------
 
 # learns enough in a few epochs that the validation rates are not all OTHER

@@ -178,7 +178,7 @@ def start_guard(run: TrackedRun) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "memgen.tracking.guard", run.uri, run.run_id, str(os.getpid())],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=os.environ | {"LOCAL_RANK": "0", "NODE_RANK": "0"})
+        start_new_session=True)  # its own session: a Ctrl-C to the job does not stop it
 
 
 class SameKeptCheckpoint(pl.Callback):
