@@ -114,11 +114,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:
-        return interrupted(argv)
+        return interrupted(argv) if _rank_zero() else 130
     except SystemExit as exc:  # Lightning's exit(1) after a Ctrl-C it caught itself
         if exc.code == 1 and signalled:
-            return interrupted(argv)
+            return interrupted(argv) if _rank_zero() else 130
         raise
+
+
+def _rank_zero() -> bool:
+    """Rank 0 speaks for a multi-process job (summary, resume hint); other ranks stay quiet."""
+    from memgen.training.distributed import is_rank_zero  # noqa: PLC0415
+
+    return is_rank_zero()
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -143,8 +150,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
         if cfg.resume:
             from memgen.tracking.load import resumed_config  # noqa: PLC0415
 
-            with uninterrupted():
-                cfg = resumed_config(cfg, args.overrides)
+            with uninterrupted():  # rank 0 has reopened the run: the others only read it
+                cfg = resumed_config(cfg, args.overrides, check=_rank_zero())
         if args.command == "ui":
             env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             os.execvpe(sys.executable, ui_command(cfg, args.port), env)
@@ -170,6 +177,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as exc:
         print(f"memgen: error: {exc} (the run is marked FAILED)", file=sys.stderr)
         return 1
+    if not _rank_zero():
+        return 0
     print_summary(args.command, metrics, objects, cfg)
     return 0
 

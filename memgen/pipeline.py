@@ -28,7 +28,7 @@ from memgen.tracking.lineage import tracking_callbacks
 from memgen.tracking.progress import EpochLine, stdout_is_terminal
 from memgen.tracking.replicate_report import log_scorecard
 from memgen.tracking.report import finish_run, log_analysis, log_summary, summary
-from memgen.tracking.run import TrackedRun, tracked_run
+from memgen.tracking.run import TrackedRun
 from memgen.tracking.store import check_store, tracking_uri
 from memgen.training.checkpoints import (
     AtomicCheckpointIO,
@@ -37,6 +37,13 @@ from memgen.training.checkpoints import (
     resume_tags,
 )
 from memgen.training.data import MemGenDataModule, make_task, task_tokenizer
+from memgen.training.distributed import (
+    SameKeptCheckpoint,
+    exported_checkpoint,
+    is_rank_zero,
+    job_run,
+    launching,
+)
 from memgen.training.lengths import check_lengths
 from memgen.training.models import build_scratch_model, count_parameters
 from memgen.training.module import MemGenModule
@@ -155,7 +162,8 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
         strategy=tr.strategy, precision=tr.precision,
         logger=make_logger(run, cfg.tracking.experiment),
-        callbacks=[*checkpointing, *(extra_callbacks or []), *tracking_callbacks(run, cfg),
+        callbacks=[*checkpointing, SameKeptCheckpoint(best), *(extra_callbacks or []),
+                   *tracking_callbacks(run, cfg),
                    *([] if terminal else [EpochLine()])], plugins=[AtomicCheckpointIO()],
         enable_progress_bar=tr.progress_bar and terminal, enable_model_summary=False,
         deterministic=tr.deterministic, gradient_clip_val=tr.gradient_clip_val,
@@ -165,7 +173,9 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         num_sanity_val_steps=0)
     try:
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            with launching(trainer, run, ckpt_path):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path,
+                            weights_only=True)
         except SystemExit:
             if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1): keep it an interrupt
                 raise KeyboardInterrupt from None
@@ -176,7 +186,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
                 run.log_artifacts(ckpt_dir, "checkpoints")
         raise
     best_path = best.best_model_path or None
-    if best_path:
+    if best_path and is_rank_zero():  # other ranks stop after fit (and may lack the file)
         load_module_weights(module, best_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if best.best_model_score is not None:
@@ -254,11 +264,15 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, run_name: str | None 
 def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | None = None,
              run_name: str | None = None) -> tuple[dict[str, float], dict[str, Any]]:
     """Validate, then in one run: fit, log the kept checkpoint's rates and model, analyse."""
-    ckpt_path = resume_checkpoint(cfg, cfg.resume) if cfg.resume else None
+    ckpt_path = None
+    if cfg.resume:  # rank 0 picks the checkpoint; the ranks it launches are told
+        ckpt_path = resume_checkpoint(cfg, cfg.resume) if is_rank_zero() else exported_checkpoint()
     task, tokenizer, model = prepare(cfg)
-    with tracked_run(cfg, command, run_id=cfg.resume, parent_run_id=parent_run_id,
-                     run_name=run_name) as tracked:
+    with job_run(cfg, command, run_id=cfg.resume, parent_run_id=parent_run_id,
+                 run_name=run_name) as tracked:
         trained = fit(cfg, tracked, task, tokenizer, model, ckpt_path=ckpt_path)
+        if not is_rank_zero():  # training was their share: what follows runs once, on rank 0
+            return trained.metrics, {"run_id": tracked.run_id}
         rates = kept_checkpoint_rates(cfg, trained)
         log_summary(tracked, rates, step=None)  # rounded, without a step
         trained.metrics |= rates

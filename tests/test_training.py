@@ -135,7 +135,7 @@ def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeyp
     monkeypatch.setattr(callbacks, "analyse_model", analysis_that_draws)
     monkeypatch.setattr(callbacks, "log_analysis", lambda *a, **k: logged.append(k["step"]))
     callback = callbacks.AnalysisCallback(compose(tiny_overrides(tmp_path)), run=None, every_n=1)
-    trainer = SimpleNamespace(sanity_checking=False, current_epoch=3)
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=3, global_rank=0)
     module = SimpleNamespace(model=None, tokenizer=None, task=None)
     torch.manual_seed(7)
     expected = torch.rand(5)

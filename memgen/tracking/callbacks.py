@@ -37,7 +37,7 @@ class AnalysisCallback(pl.Callback):
         self.logged_epochs: list[int] = []
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.global_rank != 0:  # once per job, on rank 0
             return
         self.n_validations += 1
         if self.n_validations % self.every_n:

@@ -88,7 +88,9 @@ class ExceptionCheckpoint(Callback):
         self.path = Path(dirpath) / f"{filename}.ckpt"
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if trainer.sanity_checking or trainer.global_step == 0:
+        # several processes: saving waits at a barrier that a crashed or busy rank never
+        # reaches (a hang instead of a FAILED run); resume uses last.ckpt anyway
+        if trainer.sanity_checking or trainer.global_step == 0 or trainer.world_size > 1:
             return
         with deferred():
             trainer.save_checkpoint(self.path)

@@ -77,12 +77,13 @@ def load_run(client: MlflowClient, run_id: str, device: str = "cpu") -> LoadedRu
     return LoadedRun(run_id, cfg, model.to(device).eval(), tokenizer, make_task(cfg))
 
 
-def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+def resumed_config(cfg: DictConfig, overrides: list[str], check: bool = True) -> DictConfig:
     """The config of run ``cfg.resume`` with this command's ``key=value`` overrides on top.
 
     A resumed run continues the same experiment, so its stored config wins over today's
     defaults; only what the command line names explicitly (e.g. a longer ``max_epochs``)
     changes. Tracking settings always come from the command, which knows where the store is.
+    ``check=False`` (a job's non-zero rank) reads the run that rank 0 has already reopened.
     """
     from memgen.tracking.store import tracking_uri  # noqa: PLC0415
 
@@ -92,7 +93,8 @@ def resumed_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     client = MlflowClient(uri)
     from memgen.runs import check_resumable  # noqa: PLC0415
 
-    check_resumable(client, cfg.resume, uri)
+    if check:
+        check_resumable(client, cfg.resume, uri)
     stored = run_config(client, cfg.resume)
     dotlist = [o for o in overrides if "=" in o and not o.startswith(("+", "~"))
                and "." in o.split("=", 1)[0] or o.startswith(("seed=", "output_dir="))]

@@ -7,7 +7,9 @@ Each entry names a message seen on a default run and why it is noise to the user
 - transformers' ``loss_type=None ... unrecognized``: a GPT-2 config without a loss type;
 - Lightning's hardware banner, litlogger tips and "estimate stepping batches" notes;
 - MLflow's "Creating initial MLflow database tables" on a new store;
-- MLflow's system-metrics sampler starting and stopping (its metrics are in the run).
+- MLflow's system-metrics sampler starting and stopping (its metrics are in the run);
+- Lightning's "use ``self.log('val/...', sync_dist=True)``" on several devices: the validation
+  rates are computed from counts summed over ranks, identical on every rank already.
 
 Filters, not ``setLevel``: ``Logger.setLevel`` takes logging's module lock without a
 ``finally``, and a Ctrl-C inside it leaves the lock held for good (every other thread that
@@ -21,7 +23,7 @@ import re
 import warnings
 
 _WARNINGS = (r".*fit\(ckpt_path=None\)", r".*isinstance\(treespec, LeafSpec\)",
-             r".*loss_type=None.*unrecognized")
+             r".*loss_type=None.*unrecognized", r".*self\.log\('val/.*sync_dist=True")
 _LOG_LINES = re.compile(r"ckpt_path=None|LeafSpec|loss_type=None|Tip: For seamless|"
                         r"(GPU|TPU|HPU) available|estimate number of stepping batches|"
                         r"limit_(train|val)_batches=1.0\)` was configured|"

@@ -12,7 +12,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from memgen.tasks import Example, Task, build_task
 from memgen.training.tokenizer import build_char_tokenizer
@@ -91,5 +91,12 @@ class MemGenDataModule(pl.LightningDataModule):
                           collate_fn=lambda items: pad_right(items, self.tokenizer.pad_token_id))
 
     def val_dataloader(self) -> DataLoader:
+        """The whole conflict set, in order. On several devices a one-replica
+        ``DistributedSampler`` keeps Lightning from sharding it (and from padding it with
+        repeated examples): rank 0 generates on all of it (see :mod:`memgen.training.module`)."""
+        sampler = None
+        if self.trainer is not None and self.trainer.world_size > 1:
+            sampler = DistributedSampler(self.val_examples, num_replicas=1, rank=0,
+                                         shuffle=False)
         return DataLoader(self.val_examples, batch_size=self.cfg.analysis.batch_size,
-                          shuffle=False, collate_fn=list)
+                          shuffle=False, sampler=sampler, collate_fn=list)

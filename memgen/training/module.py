@@ -8,6 +8,14 @@ MEM and half GEN and 0 when either behavior is absent:
   few OTHER answers even when one behavior is rare (MEM 79% / GEN 13% beats 27% / 31%); the
   minimum keeps the checkpoint where both behaviors are well represented, which the neuron
   contrast needs.
+
+On several devices (DDP) rank 0 generates on the whole conflict set, in the same batches as one
+device, and the other ranks skip it; the counts (not the rates) are summed over ranks by
+torchmetrics' sync, so every rank logs the same rates and keeps the same checkpoint. Sharding
+the set would change each prompt's batch-mates and padding, and greedy decoding is batch-
+independent only up to float rounding: the rates could differ from one device's on the same
+weights. The conflict set is small (tens to hundreds of prompts) next to training, so the other
+ranks waiting costs little.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import math
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
-from torchmetrics import MeanMetric
+from torchmetrics import SumMetric
 from transformers import get_linear_schedule_with_warmup
 
 from memgen.analysis.generation import generate
@@ -34,7 +42,9 @@ class MemGenModule(pl.LightningModule):
         self.tokenizer = tokenizer
         self.task = task
         self.cfg = cfg
-        self.rates = torch.nn.ModuleDict({b.value: MeanMetric() for b in Behavior})
+        # counts per behavior and in all, summed over ranks when computed
+        self.counts = torch.nn.ModuleDict({b.value: SumMetric() for b in Behavior})
+        self.n_val = SumMetric()
         # a LoRA checkpoint holds the adapter only: the frozen base can be gigabytes
         self.strict_loading = cfg.model.kind != "lora"
 
@@ -53,22 +63,26 @@ class MemGenModule(pl.LightningModule):
             raise NonFiniteLossError(
                 f"training loss is {loss.item()} at step {self.global_step}: lower trainer.lr "
                 f"or check the data")
+        # the epoch's loss is averaged over ranks (a no-op on one device)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=batch["input_ids"].shape[0])
+                 batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 
     def validation_step(self, batch: list[Example], batch_idx: int) -> None:
+        if self.global_rank != 0:  # rank 0 generates on the whole set (see the module doc)
+            return
         outputs = generate(self.model, self.tokenizer, [ex.prompt for ex in batch],
                            max_new_tokens=self.cfg.task.max_new_tokens, batch_size=len(batch),
                            num_beams=self.cfg.trainer.num_beams)
         labels = [self.task.classify(ex, out) for ex, out in zip(batch, outputs, strict=True)]
         for behavior in Behavior:
-            hits = torch.tensor([float(lab == behavior) for lab in labels])
-            self.rates[behavior.value].update(hits)
+            self.counts[behavior.value].update(float(sum(lab == behavior for lab in labels)))
+        self.n_val.update(float(len(labels)))
 
     def on_validation_epoch_end(self) -> None:
-        rates = {b: self.rates[b.value].compute() for b in Behavior}
-        for metric in self.rates.values():
+        total = self.n_val.compute().clamp(min=1)
+        rates = {b: self.counts[b.value].compute() / total for b in Behavior}
+        for metric in (*self.counts.values(), self.n_val):
             metric.reset()
         mem, gen = rates[Behavior.MEM], rates[Behavior.GEN]
         self.log_dict({"val/mem_rate": mem, "val/gen_rate": gen,
