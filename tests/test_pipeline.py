@@ -5,6 +5,15 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from memgen.analysis.settings import AnalysisSettings, Subject
+from memgen.settings import settings_from_config
+
+
+def _subject_and_settings(trained_run) -> tuple[Subject, AnalysisSettings]:
+    trained = trained_run["objects"]["trained"]
+    return (Subject(trained.model, trained.tokenizer, trained.task),
+            settings_from_config(trained_run["cfg"]))
+
 pytestmark = pytest.mark.slow
 
 
@@ -100,12 +109,9 @@ def test_transfer_steers_the_other_half_with_its_own_neurons(trained_run):
 def test_analysis_is_deterministic_on_one_model(trained_run):
     from memgen.analysis.stages import analyse_model
 
-    cfg = trained_run["cfg"]
-    trained = trained_run["objects"]["trained"]
-    first = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                          stages=("neurons",))
-    second = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                           stages=("neurons",))
+    subject, settings = _subject_and_settings(trained_run)
+    first = analyse_model(subject, settings, stages=("neurons",))
+    second = analyse_model(subject, settings, stages=("neurons",))
     assert first.neurons.selection.keys() == second.neurons.selection.keys()
     assert first.neurons.selection.keys() == trained_run["objects"]["analysis"].neurons \
         .selection.keys()
@@ -115,8 +121,7 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
     """The evaluation split is steered once, at a setting picked without it."""
     import memgen.analysis.stages as stages
 
-    cfg = trained_run["cfg"]
-    trained = trained_run["objects"]["trained"]
+    subject, settings = _subject_and_settings(trained_run)
     grids, steered = [], []
     real_grid, real_steer = stages.steering_grid, stages.evaluate_steering
 
@@ -131,8 +136,7 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
 
     monkeypatch.setattr(stages, "steering_grid", grid_spy)
     monkeypatch.setattr(stages, "evaluate_steering", steer_spy)
-    result = stages.analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                                  stages=("neurons", "steering"))
+    result = stages.analyse_model(subject, settings, stages=("neurons", "steering"))
     selection = {ex.prompt for ex in result.behaviors.selection.examples}
     evaluation = {ex.prompt for ex in result.behaviors.evaluation.examples}
     assert grids == [selection]
@@ -147,9 +151,9 @@ def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
 
     from memgen.analysis.stages import capture, label_behaviors, run_inter_task
 
-    cfg = trained_run["cfg"]
+    subject, settings = _subject_and_settings(trained_run)
     trained = trained_run["objects"]["trained"]
-    behaviors = label_behaviors(cfg, trained.model, trained.tokenizer, trained.task)
+    behaviors = label_behaviors(subject, settings)
     labelled = behaviors.labelled
     # Sub-tasks built deliberately, whatever this CPU's training produced: the groups of each
     # split alternate between them. Split items come from pairs, so every group holds MEM and
@@ -168,9 +172,9 @@ def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
         def __getattr__(self, name):
             return getattr(trained.task, name)
 
-    features = capture(cfg, trained.model, trained.tokenizer, behaviors)
-    inter, metrics = run_inter_task(cfg, trained.model, trained.tokenizer, TwoTasks(), features,
-                                    behaviors)
+    features = capture(subject, settings, behaviors)
+    two_tasks = Subject(trained.model, trained.tokenizer, TwoTasks())
+    inter, metrics = run_inter_task(two_tasks, settings, features, behaviors)
     assert list(inter.jaccard.index) == ["even", "odd"]
     assert inter.jaccard.loc["even", "odd"] == inter.jaccard.loc["odd", "even"]
     assert 0 < inter.expected.loc["even", "odd"] < 1
@@ -184,12 +188,11 @@ def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
 def test_inter_task_needs_a_mixture(trained_run):
     from memgen.analysis.stages import capture, label_behaviors, run_inter_task
 
-    cfg = trained_run["cfg"]
-    trained = trained_run["objects"]["trained"]
-    behaviors = label_behaviors(cfg, trained.model, trained.tokenizer, trained.task)
-    features = capture(cfg, trained.model, trained.tokenizer, behaviors)
+    subject, settings = _subject_and_settings(trained_run)
+    behaviors = label_behaviors(subject, settings)
+    features = capture(subject, settings, behaviors)
     with pytest.raises(ValueError, match="task=mixture"):
-        run_inter_task(cfg, trained.model, trained.tokenizer, trained.task, features, behaviors)
+        run_inter_task(subject, settings, features, behaviors)
 
 
 def test_a_split_too_small_for_a_probe_skips_the_stage_not_the_run(trained_run, monkeypatch):
@@ -201,8 +204,7 @@ def test_a_split_too_small_for_a_probe_skips_the_stage_not_the_run(trained_run, 
         raise ValueError("train split too small: 3 MEM / 1 GEN, need >= 2 of each")
 
     monkeypatch.setattr(stages, "run_probes", too_small)
-    cfg, trained = trained_run["cfg"], trained_run["objects"]["trained"]
-    result = stages.analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
+    result = stages.analyse_model(*_subject_and_settings(trained_run),
                                   stages=("neurons", "probes"))
     assert "too small" in result.skipped["probes"] and result.probes is None
     assert "neurons/max_abs_r" in result.metrics

@@ -367,9 +367,8 @@ def test_grid_with_a_selector_callable():
 
 
 def test_steering_sites_restrict_the_selection_and_the_controls_pool():
-    from omegaconf import OmegaConf
-
     from memgen.analysis.controls import build_controls
+    from memgen.analysis.settings import AnalysisSettings, SteeringSettings
     from memgen.analysis.stages import Neurons, steering_selection, steering_sites, steering_stats
 
     analysed = ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2"]
@@ -381,19 +380,19 @@ def test_steering_sites_restrict_the_selection_and_the_controls_pool():
 
     stats = fake_stats({"resid.1": 32, "mlp.1": 64})
     neurons = Neurons(stats, pd.DataFrame(), select_neurons(stats, top_fraction=0.1), {})
-    cfg = OmegaConf.create({"seed": 0, "analysis": {"top_k": None, "top_fraction": 0.25,
-                                                    "steering": {"sites": "resid", "top_k": None,
-                                                                 "top_fraction": None}}})
-    chosen = steering_selection(cfg, neurons)
+    settings = AnalysisSettings(top_k=None, top_fraction=0.25, seed=0,
+                                steering=SteeringSettings(sites="resid", top_k=None,
+                                                          top_fraction=None))
+    chosen = steering_selection(settings, neurons)
     assert set(chosen.sites) == {"resid.1"} and len(chosen) == 8  # 25% of resid.1's 32
     best_resid = select_neurons({"resid.1": stats["resid.1"]}, top_k=8)
     assert chosen.keys() == best_resid.keys()
-    pool = steering_stats(cfg, neurons.stats)
+    pool = steering_stats(settings.steering, neurons.stats)
     assert list(pool) == ["resid.1"]
     controls = build_controls(pool, chosen, seed=0)
     assert all(set(c.sites) == {"resid.1"} for c in controls.values())
-    cfg.analysis.steering.sites = "all"
-    assert steering_selection(cfg, neurons) is neurons.selection
+    everywhere = settings.with_steering(SteeringSettings(sites="all", top_fraction=None))
+    assert steering_selection(everywhere, neurons) is neurons.selection
 
 
 def test_grid_scores_and_the_pick_by_hand():

@@ -273,7 +273,8 @@ def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Ex
                   ks: Sequence[int | float], alphas: Sequence[float], *,
                   stats: Mapping[str, SiteStats] | None = None,
                   control_names: Sequence[str] = CONTROL_NAMES,
-                  clean_examples: Sequence[Example] | None = None, max_new_tokens: int = 16,
+                  clean_examples: Sequence[Example] | None = None,
+                  baseline: CleanBaseline | None = None, max_new_tokens: int = 16,
                   batch_size: int = 64, seed: int = 0, num_beams: int = 1,
                   last_prompt_only: bool = False) -> pd.DataFrame:
     """Success (and side effects of the selection) for every (k, alpha, direction, method).
@@ -281,7 +282,8 @@ def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Ex
     ``selector``: per-site statistics (the top-k neurons by abs(r) are selected; a float k is a
     fraction of all neurons) or a callable ``k -> NeuronSelection``. Controls are drawn once per
     k from ``stats`` (or the selector's statistics; without statistics, ``random`` and
-    ``uniform`` draw over the selection's sites and ``low_r`` is refused).
+    ``uniform`` draw over the selection's sites and ``low_r`` is refused). ``baseline``: the
+    unsteered clean results, when the caller already has them (else computed here, once).
     Columns: top, k, alpha, direction, method, success, ci_low, ci_high, n, to_target,
     unchanged, other, clean_acc, clean_acc_steered, clean_acc_drop, kl (NaN for controls).
     """
@@ -295,8 +297,7 @@ def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Ex
     if labels is None:
         labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
                                  num_beams)
-    baseline = None
-    if clean_examples:
+    if clean_examples and baseline is None:
         baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
                                   max_new_tokens, num_beams)
     rows = []

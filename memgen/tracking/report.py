@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from memgen.analysis.stages import Analysis
+from memgen.analysis.results import Analysis
 from memgen.replicates.claims import ClaimResult
 from memgen.tracking import html_report
 from memgen.tracking.consistency_plots import overlap_matrix_figure
