@@ -44,7 +44,6 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    record_delta: bool = False
 
 
 @dataclass
@@ -313,8 +312,7 @@ def validate(cfg: DictConfig) -> None:
              tr.weight_decay)
     _require(tr.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a finite number >= 0",
              tr.gradient_clip_val)
-    _require(t.name in TASKS or t.name == "mixture", "task.name",
-             f"one of {sorted(set(TASKS) | {'mixture'})}", t.name)
+    _require(t.name in TASKS, "task.name", f"one of {sorted(TASKS)}", t.name)
     for key in ("n_train", "n_conflict", "n_val_conflict", "n_clean", "max_new_tokens"):
         _require(t[key] > 0, f"task.{key}", "a positive integer", t[key])
     _require(t.n_perturbations >= 2, "task.n_perturbations", "an integer >= 2", t.n_perturbations)

@@ -6,7 +6,6 @@ directly; the CLI only composes the config and prints the summary.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,6 +280,3 @@ def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | 
         objects["report_s"] = finish_run(tracked, trained.metrics, trained.best_checkpoint,
                                          analysis, claims, figures)
     return trained.metrics, objects
-
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -12,7 +12,6 @@ from memgen.analysis.controls import (
     build_controls,
     low_r_control,
     matched_random_control,
-    random_control,
     shuffled_control,
 )
 from memgen.analysis.generation import encode_prompts, generate
@@ -224,7 +223,7 @@ def test_controls_have_the_selection_size_and_are_seeded():
     stats = _stats()
     top = select_neurons(stats, top_k=7)
     assert top.r.abs().tolist() == sorted(top.r.abs().tolist(), reverse=True)
-    controls = build_controls(stats, top, seed=3, names=("random", "uniform", "low_r", "shuffled"))
+    controls = build_controls(stats, top, seed=3, names=("random", "low_r", "shuffled"))
     assert {name: len(c) for name, c in controls.items()} == dict.fromkeys(controls, 7)
     rand = controls["random"]
     assert not set(rand.keys()) & set(top.keys())
@@ -232,11 +231,8 @@ def test_controls_have_the_selection_size_and_are_seeded():
     again = matched_random_control(stats, top, seed=3)
     assert again.keys() == rand.keys() and torch.equal(again.nmd, rand.nmd)
     assert matched_random_control(stats, top, seed=4).keys() != rand.keys()
-    m = float(top.nmd.abs().max())
-    uniform = controls["uniform"]
-    assert uniform.nmd.abs().max() <= m and set(uniform.sites) <= set(SITES)
-    assert random_control(stats, 7, m, seed=3, exclude=top).keys() == uniform.keys()
-    assert random_control(stats, 7, m, seed=5).keys() != uniform.keys()
+    with pytest.raises(ValueError, match="unknown control 'uniform'"):
+        build_controls(stats, top, names=("uniform",))
 
 
 def test_low_r_and_shuffled_controls():
@@ -256,8 +252,10 @@ def test_low_r_and_shuffled_controls():
 
 def test_random_control_over_site_widths_only():
     widths = {"resid.1": 32, "mlp.1": 128}
-    ctrl = random_control(widths, 10, 2.0, seed=0)
+    ctrl = matched_random_control(widths, selection(["resid.1"] * 10, list(range(10)),
+                                                    [2.0] * 10), seed=0)
     assert len(ctrl) == 10 and set(ctrl.sites) <= set(widths)
+    assert ctrl.nmd.abs().tolist() == [2.0] * 10
     assert all(0 <= i < widths[s] for s, i in ctrl.keys())
     assert torch.isnan(ctrl.r).all()
     with pytest.raises(ValueError, match="low_r"):

@@ -281,8 +281,8 @@ def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Ex
 
     ``selector``: per-site statistics (the top-k neurons by abs(r) are selected; a float k is a
     fraction of all neurons) or a callable ``k -> NeuronSelection``. Controls are drawn once per
-    k from ``stats`` (or the selector's statistics; without statistics, ``random`` and
-    ``uniform`` draw over the selection's sites and ``low_r`` is refused). ``baseline``: the
+    k from ``stats`` (or the selector's statistics; without statistics, ``random`` draws
+    over the selection's sites and ``low_r`` is refused). ``baseline``: the
     unsteered clean results, when the caller already has them (else computed here, once).
     Columns: top, k, alpha, direction, method, success, ci_low, ci_high, n, to_target,
     unchanged, other, clean_acc, clean_acc_steered, clean_acc_drop, kl (NaN for controls).
