@@ -9,16 +9,16 @@ import sys
 
 FRAMEWORKS = ("pytorch_lightning", "lightning", "mlflow", "optuna", "hydra", "omegaconf")
 
-# In a fresh interpreter: import every module of the packages one by one and name the module
-# after whose import a framework first shows up in sys.modules.
+# In a fresh interpreter: import every module of the packages (subpackages too) one by one and
+# name the module after whose import a framework first shows up in sys.modules.
 PROBE = """
 import importlib, json, pkgutil, sys
 frameworks, packages = set(json.loads(sys.argv[1])), json.loads(sys.argv[2])
 found = {}
 for package in packages:
     pkg = importlib.import_module(package)
-    names = [package] + [package + "." + m.name
-                         for m in pkgutil.iter_modules(getattr(pkg, "__path__", []))]
+    names = [package] + [m.name for m in pkgutil.walk_packages(getattr(pkg, "__path__", []),
+                                                               package + ".")]
     for name in names:
         importlib.import_module(name)
         loaded = {m.split(".")[0] for m in sys.modules} & frameworks

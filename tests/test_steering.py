@@ -8,24 +8,24 @@ import pandas as pd
 import pytest
 import torch
 
-from memgen.analysis.controls import (
+from memgen.analysis.generation import encode_prompts, generate
+from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.sites import hook_site, site_width
+from memgen.analysis.stats import select_neurons
+from memgen.analysis.steering.controls import (
     build_controls,
     low_r_control,
     matched_random_control,
     shuffled_control,
 )
-from memgen.analysis.generation import encode_prompts, generate
-from memgen.analysis.intervention import (
+from memgen.analysis.steering.evaluation import (
     evaluate_steering,
     side_effects,
-    steering_grid,
     summary_metrics,
     wilson_interval,
 )
-from memgen.analysis.neurons import NeuronSelection
-from memgen.analysis.sites import hook_site, site_width
-from memgen.analysis.stats import select_neurons
-from memgen.analysis.steering import steer
+from memgen.analysis.steering.hooks import steer
+from memgen.analysis.steering.tuning import steering_grid
 from memgen.tracking.steering_plots import success_vs_alpha
 from tests.helpers_steering import (
     MODELS,
@@ -365,9 +365,9 @@ def test_grid_with_a_selector_callable():
 
 
 def test_steering_sites_restrict_the_selection_and_the_controls_pool():
-    from memgen.analysis.controls import build_controls
     from memgen.analysis.settings import AnalysisSettings, SteeringSettings
     from memgen.analysis.stages import Neurons, steering_selection, steering_sites, steering_stats
+    from memgen.analysis.steering.controls import build_controls
 
     analysed = ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2"]
     assert steering_sites("all", analysed) == analysed
@@ -395,7 +395,7 @@ def test_steering_sites_restrict_the_selection_and_the_controls_pool():
 
 def test_grid_scores_and_the_pick_by_hand():
     """score = weaker direction - best control - clean drop; ties go to the smaller alpha."""
-    from memgen.analysis.intervention import best_cell, grid_scores
+    from memgen.analysis.steering.tuning import best_cell, grid_scores
 
     def rows(top, k, alpha, gen, mem, ctl_gen, ctl_mem, drop_gen, drop_mem):
         return [

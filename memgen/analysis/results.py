@@ -13,10 +13,10 @@ import torch
 
 from memgen.analysis.behavior import LabelledGroups, Pair
 from memgen.analysis.consistency import IntraResult, inter_metrics
-from memgen.analysis.intervention import SteeringResult
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport
 from memgen.analysis.stats import site_summary
+from memgen.analysis.steering.evaluation import SteeringResult
 from memgen.tasks import Behavior, Example
 
 Item = tuple[int, int]  # (group, variant)

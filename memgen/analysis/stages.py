@@ -30,18 +30,7 @@ from memgen.analysis.consistency import (
     overlap_matrix,
     site_widths,
 )
-from memgen.analysis.controls import build_controls
 from memgen.analysis.input_baseline import input_only_accuracy
-from memgen.analysis.intervention import (
-    CleanBaseline,
-    SteeringResult,
-    best_cell,
-    clean_baseline,
-    evaluate_steering,
-    grid_scores,
-    steering_grid,
-    summary_metrics,
-)
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport, check_disjoint, probe_sites
 from memgen.analysis.results import (
@@ -62,6 +51,15 @@ from memgen.analysis.stats import (
     shuffle_control,
     stream_stats,
 )
+from memgen.analysis.steering.controls import build_controls
+from memgen.analysis.steering.evaluation import (
+    CleanBaseline,
+    SteeringResult,
+    clean_baseline,
+    evaluate_steering,
+    summary_metrics,
+)
+from memgen.analysis.steering.tuning import best_cell, grid_scores, steering_grid
 from memgen.tasks import Behavior, Example
 
 __all__ = ["Analysis", "Behaviors", "Features", "InterTask", "Neurons", "NoPairsError", "Split",

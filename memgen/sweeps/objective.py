@@ -25,9 +25,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from memgen.analysis.intervention import summary_metrics
 from memgen.analysis.settings import Subject
 from memgen.analysis.stages import contrast, run_steering, unsteered_clean
+from memgen.analysis.steering.evaluation import summary_metrics
 from memgen.config import ConfigError
 from memgen.settings import settings_from_config
 from memgen.sweeps.objectives import Objective, analysis_stages, objective_values

@@ -4,9 +4,11 @@
   answered GEN toward MEM. Per direction: a transition table (to_target / unchanged / other),
   success = to_target / n with a 95% Wilson interval; the same for every control selection.
 - ``side_effects``: rule accuracy on clean (no-trigger) inputs with and without steering, and
-  the mean KL(unsteered || steered) of the next-token distribution at the last prompt token.
-- ``steering_grid``: both over lists of k (top-k or top fraction) and alpha, as a DataFrame.
+  the mean KL(unsteered || steered) of the next-token distribution at the last prompt token,
+  against a ``clean_baseline`` computed once per model.
 - ``summary_metrics``: flat ``stage/name`` metrics for MLflow.
+
+Grids over (k, alpha) and the pick of one cell are in ``steering/tuning.py``.
 
 All rates and accuracies are fractions in [0, 1]; ``clean_acc_drop`` = clean_acc -
 clean_acc_steered, also a fraction (0.05 = five percentage points lost).
@@ -15,7 +17,7 @@ clean_acc_steered, also a fraction (0.05 = five percentage points lost).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -23,12 +25,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from memgen.analysis.controls import CONTROL_NAMES, build_controls
 from memgen.analysis.generation import encode_prompts, generate
-from memgen.analysis.neurons import NeuronSelection, SiteStats
-from memgen.analysis.sites import site_width
-from memgen.analysis.stats import select_neurons
-from memgen.analysis.steering import DIRECTIONS, plan_shifts, steer
+from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.steering.hooks import DIRECTIONS, plan_shifts, steer
 from memgen.tasks.base import Behavior, Example, Task
 
 SOURCE = {"to_gen": Behavior.MEM, "to_mem": Behavior.GEN}  # who is steered in each direction
@@ -254,112 +253,6 @@ def side_effects(model: nn.Module, tokenizer, task: Task, clean_examples: Sequen
     return SideEffects(direction=direction, n=len(clean_examples), clean_acc=baseline.acc,
                        clean_acc_steered=_accuracy(task, clean_examples, outputs),
                        kl=float(kl.clamp(min=0).mean()))
-
-
-def select_top(stats: Mapping[str, SiteStats], top: int | float) -> NeuronSelection:
-    """Top neurons by abs(r): an int is a count, a float a fraction of all neurons."""
-    if isinstance(top, bool) or not isinstance(top, (int, float)):
-        raise ValueError(f"ks: expected a count or a fraction in (0, 1], got {top!r}")
-    if isinstance(top, float):
-        return select_neurons(dict(stats), top_fraction=top)
-    return select_neurons(dict(stats), top_k=top)
-
-
-Selector = Mapping[str, SiteStats] | Callable[[int | float], NeuronSelection]
-
-
-def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
-                  labels: Sequence[Behavior | str] | None, selector: Selector,
-                  ks: Sequence[int | float], alphas: Sequence[float], *,
-                  stats: Mapping[str, SiteStats] | None = None,
-                  control_names: Sequence[str] = CONTROL_NAMES,
-                  clean_examples: Sequence[Example] | None = None,
-                  baseline: CleanBaseline | None = None, max_new_tokens: int = 16,
-                  batch_size: int = 64, seed: int = 0, num_beams: int = 1,
-                  last_prompt_only: bool = False) -> pd.DataFrame:
-    """Success (and side effects of the selection) for every (k, alpha, direction, method).
-
-    ``selector``: per-site statistics (the top-k neurons by abs(r) are selected; a float k is a
-    fraction of all neurons) or a callable ``k -> NeuronSelection``. Controls are drawn once per
-    k from ``stats`` (or the selector's statistics; without statistics, ``random`` draws
-    over the selection's sites and ``low_r`` is refused). ``baseline``: the
-    unsteered clean results, when the caller already has them (else computed here, once).
-    Columns: top, k, alpha, direction, method, success, ci_low, ci_high, n, to_target,
-    unchanged, other, clean_acc, clean_acc_steered, clean_acc_drop, kl (NaN for controls).
-    """
-    if isinstance(selector, Mapping):
-        stats = selector if stats is None else stats
-
-        def select(top):
-            return select_top(selector, top)
-    else:
-        select = selector
-    if labels is None:
-        labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
-                                 num_beams)
-    if clean_examples and baseline is None:
-        baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
-                                  max_new_tokens, num_beams)
-    rows = []
-    for top in ks:
-        selection = select(top)
-        pool = stats if stats is not None else {
-            s: site_width(model, s) for s in dict.fromkeys(selection.sites)}
-        controls = build_controls(pool, selection, seed, tuple(control_names))
-        for alpha in alphas:
-            result = evaluate_steering(
-                model, tokenizer, task, examples, labels, selection, alpha, max_new_tokens,
-                batch_size, controls, clean_examples=clean_examples, baseline=baseline,
-                num_beams=num_beams, last_prompt_only=last_prompt_only)
-            for row in result.table().to_dict("records"):
-                side = result.side.get(row["direction"]) if row["method"] == "selected" else None
-                rows.append({"top": top, "k": len(selection), "alpha": float(alpha), **row,
-                             "clean_acc": side.clean_acc if side else math.nan,
-                             "clean_acc_steered": side.clean_acc_steered if side else math.nan,
-                             "clean_acc_drop": side.clean_acc_drop if side else math.nan,
-                             "kl": side.kl if side else math.nan})
-    return pd.DataFrame(rows)
-
-
-def grid_scores(grid: pd.DataFrame) -> pd.DataFrame:
-    """One row per (top, alpha) of a ``steering_grid`` table: the weaker direction's success,
-    the best control's success, the worse direction's clean-accuracy drop, and
-    ``score = min_success - max_control_success - max(clean_acc_drop, 0)``: steering counts
-    only by what the controls do not also do, and what it costs on clean inputs."""
-    rows = []
-    for (top, alpha), cell in grid.groupby(["top", "alpha"], sort=True):
-        selected = cell[cell["method"] == "selected"]
-        controls = cell[cell["method"] != "selected"]
-        min_success = float(selected["success"].min())
-        max_control = float(controls["success"].max()) if len(controls) else 0.0
-        drop = float(selected["clean_acc_drop"].max())
-        drop = 0.0 if math.isnan(drop) else drop
-        max_control = 0.0 if math.isnan(max_control) else max_control
-        rows.append({"top": top, "k": int(selected["k"].iloc[0]), "alpha": float(alpha),
-                     "min_success": min_success, "max_control_success": max_control,
-                     "clean_acc_drop": drop,
-                     "score": min_success - max_control - max(drop, 0.0)})
-    return pd.DataFrame(rows)
-
-
-def best_cell(scores: pd.DataFrame, max_control: float | None = None,
-              max_clean_drop: float | None = None) -> pd.Series:
-    """The highest score; with a budget, the highest weaker-direction success among the cells
-    whose best control and clean drop stay within ``max_control`` / ``max_clean_drop`` (the
-    highest score if none does). Ties go to the smaller alpha, then the fewer neurons."""
-    valid = scores.dropna(subset=["score"])
-    if valid.empty:
-        raise ValueError("steering tuning: no (top, alpha) cell had items in both directions")
-    within = valid
-    eps = 1e-9  # rates are ratios of counts: 0.935 - 0.915 must count as a 0.02 drop
-    if max_control is not None:
-        within = within[within["max_control_success"] <= max_control + eps]
-    if max_clean_drop is not None:
-        within = within[within["clean_acc_drop"] <= max_clean_drop + eps]
-    if (max_control is not None or max_clean_drop is not None) and not within.empty:
-        return within.sort_values(["min_success", "alpha", "k"],
-                                  ascending=[False, True, True]).iloc[0]
-    return valid.sort_values(["score", "alpha", "k"], ascending=[False, True, True]).iloc[0]
 
 
 def summary_metrics(result: SteeringResult) -> dict[str, float]:
