@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memgen.analysis.stages import run_steering, tune_steering, with_tuning  # noqa: E402
 from memgen.config import compose  # noqa: E402
-from memgen.sweep import plan, sweep  # noqa: E402
-from memgen.sweeps.objective import SteeringEvaluator, TrialObjective  # noqa: E402
+from memgen.sweeps.command import plan, sweep  # noqa: E402
 from memgen.sweeps.space import trial_config  # noqa: E402
 from memgen.sweeps.storage import open_storage  # noqa: E402
+from memgen.sweeps.trials import SteeringEvaluator, TrialObjective  # noqa: E402
 from memgen.tracking.run import tracked_run  # noqa: E402
 from memgen.training.models import build_scratch_model  # noqa: E402
 from tests.helpers_sweep import fit_designed, log_model_run, store_overrides  # noqa: E402

@@ -18,9 +18,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import memgen.pipeline as pipeline
-import memgen.sweeps.objective as objective_mod
+import memgen.sweeps.trials as trials_mod
 from memgen.config import ConfigError, compose
-from memgen.sweep import plan, sweep
+from memgen.sweeps.command import plan, sweep
 from memgen.sweeps.objectives import known_metric, parse_objectives
 from memgen.sweeps.pruning import OptunaPruning
 from memgen.sweeps.space import parse_space, trial_config
@@ -80,7 +80,7 @@ def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run
 
     spy(load, "load_run")
     for name in ("contrast", "unsteered_clean", "run_steering"):
-        spy(objective_mod, name)
+        spy(trials_mod, name)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a steering trial must not train")
