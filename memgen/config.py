@@ -110,8 +110,8 @@ class SteeringConfig:
 
 @dataclass
 class ProbeConfig:
-    epochs: int = 200
-    lr: float = 0.05
+    max_iter: int = 200  # L-BFGS iterations at most (the probes are fitted full-batch)
+    initial_step: float = 0.05  # L-BFGS initial step; its line search adapts it
     weight_decay: float = 1e-3
 
 

@@ -34,7 +34,7 @@ def settings_from_config(cfg: DictConfig) -> AnalysisSettings:
         sites=tuple(a.sites), top_k=a.top_k, top_fraction=a.top_fraction,
         selection_fraction=float(a.selection_fraction), use_pairs=bool(a.use_pairs),
         n_shuffles=int(a.n_shuffles),
-        probe=ProbeSettings(max_iter=int(p.epochs), initial_step=float(p.lr),
+        probe=ProbeSettings(max_iter=int(p.max_iter), initial_step=float(p.initial_step),
                             weight_decay=float(p.weight_decay)),
         steering=steering, consistency=bool(a.consistency),
         consistency_seeds=tuple(a.consistency_seeds),

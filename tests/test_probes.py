@@ -178,7 +178,7 @@ def test_figure_renders(tmp_path) -> None:
     train, y_train = site_feats(seed=30, n=60)
     evals, y_eval = site_feats(seed=40, n=30)
     selection = NeuronSelection(["resid.2"], torch.tensor([0]), torch.ones(1), torch.ones(1))
-    report = probe_sites(train, y_train, evals, y_eval, selection, epochs=50)
+    report = probe_sites(train, y_train, evals, y_eval, selection, max_iter=50)
     fig = probe_accuracy_by_layer(report)
     assert fig.axes and fig.axes[0].get_lines()
     path = tmp_path / "probe_accuracy.png"
