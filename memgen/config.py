@@ -210,9 +210,10 @@ def conf_dir() -> Path:
     return Path(os.environ.get("MEMGEN_CONF_DIR", PROJECT_ROOT / "conf")).resolve()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an error's message (its type name when it has none)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _one_line(exc: BaseException) -> str:
@@ -275,7 +276,7 @@ def to_schema(raw: DictConfig | dict) -> DictConfig:
         cfg = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
-        msg = _first_line(exc)
+        msg = first_line(exc)
         raise ConfigError(f"{key}: {msg}" if key else f"config: {msg}") from None
     validate(cfg)
     return cfg
@@ -321,7 +322,7 @@ def validate(cfg: DictConfig) -> None:
         try:
             build_params(t.name, OmegaConf.to_container(t.params)).validate()
         except (ValueError, TypeError) as exc:
-            raise ConfigError(_first_line(exc)) from None
+            raise ConfigError(first_line(exc)) from None
     _require(m.kind in ("scratch", "lora"), "model.kind", "'scratch' or 'lora'", m.kind)
     _require(m.arch in ("gpt2", "llama"), "model.arch", "'gpt2' or 'llama'", m.arch)
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):

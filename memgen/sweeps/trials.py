@@ -16,7 +16,6 @@ Child runs end FINISHED (complete), KILLED with tag ``optuna.state=PRUNED`` (pru
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,17 +32,13 @@ from memgen.settings import settings_from_config
 from memgen.sweeps.objectives import Objective, analysis_stages, objective_values
 from memgen.sweeps.space import Param, trial_config
 from memgen.tracking import load
+from memgen.tracking.report import finite
 from memgen.tracking.run import TrackedRun, get_experiment_id, tracked_run
 from memgen.tracking.store import tracking_uri
 
 TRIAL_COMMAND = "sweep.trial"
 NEEDS_PAIRS = ("neurons/", "probe/", "steer/", "side/", "consistency/")
 Evaluator = Callable[[DictConfig, optuna.Trial, TrackedRun], dict[str, float]]
-
-
-def finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    """MLflow rejects NaN in some stores (a direction with no item to steer): drop them."""
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
 def device_of(cfg: DictConfig) -> str:

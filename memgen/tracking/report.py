@@ -25,8 +25,9 @@ from memgen.tracking.run import TrackedRun
 from memgen.tracking.steering_plots import success_vs_alpha
 
 
-def finite(metrics: dict[str, float]) -> dict[str, float]:
-    """MLflow rejects NaN in some stores: keep finite numbers only."""
+def finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """MLflow rejects NaN in some stores (e.g. a direction with no item to steer): keep finite
+    numbers only."""
     return {k: float(v) for k, v in metrics.items()
             if v is not None and math.isfinite(float(v))}
 

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from memgen.analysis.generation import encode_prompts, generate
+from memgen.analysis.generation import encode_prompts, generate, position_ids
 from memgen.analysis.neurons import NeuronSelection
 from memgen.analysis.steering.hooks import DIRECTIONS, plan_shifts, steer
 from memgen.tasks.base import Behavior, Example, Task
@@ -209,8 +209,8 @@ def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str],
     try:
         for start in range(0, len(prompts), batch_size):
             batch = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-            positions = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(**batch, position_ids=positions, use_cache=False).logits[:, -1]
+            logits = model(**batch, position_ids=position_ids(batch["attention_mask"]),
+                           use_cache=False).logits[:, -1]
             out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
     finally:
         model.train(was_training)
