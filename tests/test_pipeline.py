@@ -74,10 +74,24 @@ def test_neuron_table_has_every_neuron_ranked(trained_run, tmp_path):
     assert (table["nmd"] - (table["mean_mem"] - table["mean_gen"])).abs().max() < 1e-5
 
 
-def test_summary_names_pairs_neurons_probes_and_steering(trained_run):
+def test_summary_states_the_runs_pairs_neurons_probes_and_steering(trained_run):
+    """The printed summary carries this run's numbers, not just its headings."""
     text = trained_run["objects"]["summary"]
-    for needle in ("pairs", "top neurons", "best site", "to_gen", "to_mem", "jaccard"):
-        assert needle in text
+    m, analysis = trained_run["metrics"], trained_run["objects"]["analysis"]
+    assert (f"pairs (MEM vs GEN on perturbations of one example): {int(m['pairs/n'])} from "
+            f"{int(m['pairs/n_examples_with_pairs'])} examples") in text
+    top = analysis.neurons.table.iloc[0]
+    assert f"of {len(analysis.neurons.table)}; selected {len(analysis.neurons.selection)}" in text
+    assert any(line.split()[:3] == ["1", top["site"], str(top["index"])]
+               for line in text.splitlines()), "the top-ranked neuron is listed first"
+    p = analysis.probes
+    assert f"best site {p.best_site}: acc {p.best_acc:.3f}" in text
+    s = analysis.steering
+    assert f"== steering (k={s.k}, alpha={s.alpha:g}) on the evaluation split ==" in text
+    for direction, t in s.selected.items():
+        if t.n:
+            assert f"{direction}: success {100 * t.success:5.1f}% " in text
+    assert "jaccard" in text
 
 
 def test_callbacks_log_the_emergence_as_curves_by_epoch(trained_run):
@@ -90,8 +104,12 @@ def test_callbacks_log_the_emergence_as_curves_by_epoch(trained_run):
     assert client.get_run(run_id).data.metrics["pairs/n"] == final
     curve = client.get_metric_history(run_id, "neurons/max_abs_r/resid.1")
     assert len({m.step for m in curve}) >= 2  # pairs existed at some epoch during training
-    assert client.get_metric_history(run_id, "probe/best_acc")
-    assert client.get_metric_history(run_id, "steer/to_gen/success")
+    for key in ("probe/best_acc", "neurons/max_abs_r"):  # during training, and the final
+        history = client.get_metric_history(run_id, key)
+        assert {m.step for m in history} <= {4, 9, 14, 19, 20}
+        assert [m.value for m in history if m.step == 20] == [  # logged rounded to 4 digits
+            pytest.approx(trained_run["metrics"][key], abs=1e-4)]
+        assert len(history) >= 2
 
 
 def test_transfer_steers_the_other_half_with_its_own_neurons(trained_run):

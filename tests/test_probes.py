@@ -119,7 +119,10 @@ def test_probe_sites_report_and_baselines() -> None:
         "probe/topk_acc",
     }
     assert set(metrics) == per_site | baselines
-    assert all(isinstance(v, float) for v in metrics.values())
+    for row in report.table.itertuples():  # the metrics are the table's numbers
+        assert metrics[f"probe/acc/{row.site}"] == pytest.approx(row.acc)
+        assert metrics[f"probe/auroc/{row.site}"] == pytest.approx(row.auroc)
+    assert metrics["probe/best_acc"] == pytest.approx(report.table["acc"].max())
 
     majority = int((y_train == 1).sum() * 2 >= len(y_train))
     assert metrics["probe/baseline/majority_acc"] == pytest.approx(

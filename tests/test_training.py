@@ -83,7 +83,11 @@ def test_tiny_training_run_learns_and_is_tracked(tmp_path):
                     add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
-    assert metrics["val/best_behavior_balance"] >= 0
+    # the kept checkpoint is the best validated epoch: its score is the history's maximum
+    balance = [m.value for m in client.get_metric_history(run_id, "val/behavior_balance")]
+    assert len(balance) == 4
+    assert metrics["val/best_behavior_balance"] == pytest.approx(max(balance))
+    assert run.data.tags["best_checkpoint"].endswith(".ckpt")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
