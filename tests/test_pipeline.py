@@ -143,14 +143,13 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
     grids, steered = [], []
     real_grid, real_steer = stages.steering_grid, stages.evaluate_steering
 
-    def grid_spy(model, tokenizer, task, examples, *args, **kwargs):
+    def grid_spy(subject, examples, *args, **kwargs):
         grids.append({ex.prompt for ex in examples})
-        return real_grid(model, tokenizer, task, examples, *args, **kwargs)
+        return real_grid(subject, examples, *args, **kwargs)
 
-    def steer_spy(model, tokenizer, task, examples, labels, selection, alpha, *args, **kwargs):
+    def steer_spy(subject, examples, labels, selection, alpha, *args, **kwargs):
         steered.append(({ex.prompt for ex in examples}, alpha, len(selection)))
-        return real_steer(model, tokenizer, task, examples, labels, selection, alpha, *args,
-                          **kwargs)
+        return real_steer(subject, examples, labels, selection, alpha, *args, **kwargs)
 
     monkeypatch.setattr(stages, "steering_grid", grid_spy)
     monkeypatch.setattr(stages, "evaluate_steering", steer_spy)

@@ -10,6 +10,7 @@ import torch
 
 from memgen.analysis.generation import encode_prompts, generate
 from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.settings import Decoding, Subject
 from memgen.analysis.sites import hook_site, site_width
 from memgen.analysis.stats import select_neurons
 from memgen.analysis.steering.controls import (
@@ -284,8 +285,9 @@ def test_evaluate_steering_counts_transitions():
     labels = [task.classify(ex, out) for ex, out in
               zip(examples, generate(gpt2, TOK, PROMPTS, 4), strict=True)]
     controls = {"shuffled": shuffled_control(SEL, 0)}
-    result = evaluate_steering(gpt2, TOK, task, examples, labels, SEL, 3.0, 4, 4, controls)
-    again = evaluate_steering(gpt2, TOK, task, examples, None, SEL, 3.0, 4, 4, controls)
+    subject, decoding = Subject(gpt2, TOK, task), Decoding(max_new_tokens=4, batch_size=4)
+    result = evaluate_steering(subject, examples, labels, SEL, 3.0, controls, decoding=decoding)
+    again = evaluate_steering(subject, examples, None, SEL, 3.0, controls, decoding=decoding)
     assert result.table().equals(again.table())
     mem_items = [ex for ex, lab in zip(examples, labels, strict=True) if lab.value == "MEM"]
     with steer(gpt2, SEL, 3.0, "to_gen"):
@@ -313,9 +315,10 @@ def test_evaluate_steering_counts_transitions():
 def test_side_effects_zero_at_alpha_zero_and_positive_otherwise():
     gpt2 = tiny_gpt2(len(TOK))
     task, clean = FirstCharTask(), clean_examples(_first_chars(gpt2))
-    none = side_effects(gpt2, TOK, task, clean, SEL, 0.0, "to_mem", 4, 4)
+    subject, decoding = Subject(gpt2, TOK, task), Decoding(max_new_tokens=4, batch_size=4)
+    none = side_effects(subject, clean, SEL, 0.0, "to_mem", decoding=decoding)
     assert (none.clean_acc, none.clean_acc_steered, none.clean_acc_drop, none.kl) == (1, 1, 0, 0)
-    some = side_effects(gpt2, TOK, task, clean, SEL, 3.0, "to_mem", 4, 4)
+    some = side_effects(subject, clean, SEL, 3.0, "to_mem", decoding=decoding)
     assert some.kl > 0 and some.clean_acc_drop > 0
 
 
@@ -323,9 +326,9 @@ def test_grid_summary_and_plot():
     gpt2 = tiny_gpt2(len(TOK))
     task, chars = FirstCharTask(), _first_chars(gpt2)
     stats = fake_stats({s: site_width(gpt2, s) for s in SITES})
-    grid = steering_grid(gpt2, TOK, task, labelled_examples(chars), None, stats, [3, 0.02],
-                         [0.0, 2.0], clean_examples=clean_examples(chars), max_new_tokens=3,
-                         batch_size=8)
+    subject, decoding = Subject(gpt2, TOK, task), Decoding(max_new_tokens=3, batch_size=8)
+    grid = steering_grid(subject, labelled_examples(chars), None, stats, [3, 0.02],
+                         [0.0, 2.0], clean_examples=clean_examples(chars), decoding=decoding)
     assert isinstance(grid, pd.DataFrame) and len(grid) == 2 * 2 * 2 * 4
     for column in ("k", "alpha", "direction", "method", "success", "ci_low", "ci_high", "n",
                    "clean_acc", "clean_acc_drop", "kl"):
@@ -338,10 +341,10 @@ def test_grid_summary_and_plot():
     fig = success_vs_alpha(grid)
     assert len(fig.axes) == 3
 
-    result = evaluate_steering(gpt2, TOK, task, labelled_examples(chars), None,
-                               select_neurons(stats, top_k=3), 2.0, 3, 8,
+    result = evaluate_steering(subject, labelled_examples(chars), None,
+                               select_neurons(stats, top_k=3), 2.0,
                                build_controls(stats, select_neurons(stats, top_k=3)),
-                               clean_examples=clean_examples(chars))
+                               decoding=decoding, clean_examples=clean_examples(chars))
     metrics = summary_metrics(result)
     for key in ("side/clean_acc", "side/clean_acc_steered", "side/clean_acc_drop", "side/kl",
                 "steer/to_gen/control_random/success", "steer/to_mem/control_low_r/success"):
@@ -358,8 +361,9 @@ def test_grid_with_a_selector_callable():
         return NeuronSelection(sites=["resid.1"] * k, indices=torch.arange(k),
                                nmd=torch.ones(k), r=torch.ones(k))
 
-    grid = steering_grid(gpt2, TOK, task, labelled_examples(chars), None, select, [2], [1.0],
-                         control_names=("random", "shuffled"), max_new_tokens=2)
+    grid = steering_grid(Subject(gpt2, TOK, task), labelled_examples(chars), None, select, [2],
+                         [1.0], control_names=("random", "shuffled"),
+                         decoding=Decoding(max_new_tokens=2, batch_size=64))
     assert set(grid["method"]) == {"selected", "control_random", "control_shuffled"}
     assert grid["clean_acc"].isna().all()
 

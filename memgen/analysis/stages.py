@@ -245,11 +245,7 @@ def unsteered_clean(subject: Subject, settings: AnalysisSettings,
                     clean: list[Example]) -> CleanBaseline | None:
     """The clean inputs' unsteered accuracy and log-probs: computed once per model, shared by
     tuning, the held-out steering and the grid (None without clean inputs)."""
-    if not clean:
-        return None
-    d = settings.decoding
-    return clean_baseline(subject.model, subject.tokenizer, subject.task, clean, d.batch_size,
-                          d.max_new_tokens, d.num_beams)
+    return clean_baseline(subject, clean, settings.decoding) if clean else None
 
 
 def tune_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
@@ -268,14 +264,13 @@ def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
                  clean: list[Example], baseline: CleanBaseline | None = None
                  ) -> SteeringResult:
     """Steer ``split`` at the set (k, alpha), next to every control."""
-    s, d = settings.steering, settings.decoding
+    s = settings.steering
     selection = steering_selection(settings, neurons)
     controls = build_controls(steering_stats(s, neurons.stats), selection, settings.seed,
                               s.controls)
-    return evaluate_steering(subject.model, subject.tokenizer, subject.task, split.examples,
-                             split.behaviors, selection, s.alpha, d.max_new_tokens,
-                             d.batch_size, controls, clean_examples=clean, baseline=baseline,
-                             num_beams=d.num_beams, last_prompt_only=s.last_prompt_only)
+    return evaluate_steering(subject, split.examples, split.behaviors, selection, s.alpha,
+                             controls, decoding=settings.decoding, clean_examples=clean,
+                             baseline=baseline, last_prompt_only=s.last_prompt_only)
 
 
 def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
@@ -284,15 +279,14 @@ def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, spl
              baseline: CleanBaseline | None = None) -> pd.DataFrame:
     """Success and side effects over ``grid_top_fraction`` x ``grid_alpha`` (or the given
     fractions and alphas) on ``split``, among the steerable sites."""
-    s, d = settings.steering, settings.decoding
-    return steering_grid(subject.model, subject.tokenizer, subject.task, split.examples,
-                         split.behaviors, steering_stats(s, neurons.stats),
+    s = settings.steering
+    return steering_grid(subject, split.examples, split.behaviors,
+                         steering_stats(s, neurons.stats),
                          list(top_fractions if top_fractions is not None
                               else s.grid_top_fraction),
                          list(alphas if alphas is not None else s.grid_alpha),
                          control_names=s.controls, clean_examples=clean, baseline=baseline,
-                         max_new_tokens=d.max_new_tokens, batch_size=d.batch_size,
-                         seed=settings.seed, num_beams=d.num_beams,
+                         decoding=settings.decoding, seed=settings.seed,
                          last_prompt_only=s.last_prompt_only)
 
 
@@ -353,12 +347,11 @@ def run_transfer(subject: Subject, settings: AnalysisSettings, features: Feature
     half_a, half_b = intra.halves
     stats_b = _stats_fn(features)(half_b)
     selection = select_for_steering(settings, stats_b)  # the steered neurons, chosen on half B
-    s, d = settings.steering, settings.decoding
+    s = settings.steering
     controls = build_controls(steering_stats(s, stats_b), selection, settings.seed, s.controls)
     target = _split(behaviors.labelled, _items_of_pairs(half_a))
-    return evaluate_steering(subject.model, subject.tokenizer, subject.task, target.examples,
-                             target.behaviors, selection, s.alpha, d.max_new_tokens,
-                             d.batch_size, controls, num_beams=d.num_beams,
+    return evaluate_steering(subject, target.examples, target.behaviors, selection, s.alpha,
+                             controls, decoding=settings.decoding,
                              last_prompt_only=s.last_prompt_only)
 
 
@@ -393,16 +386,15 @@ def run_inter_task(subject: Subject, settings: AnalysisSettings, features: Featu
     jaccard, overlaps = inter_task_consistency(
         selections, universes={n: site_widths(st) for n, st in stats_by_task.items()})
     expected = overlap_matrix(list(selections), overlaps, "expected_jaccard")
-    s, d = settings.steering, settings.decoding
+    s = settings.steering
     rows = []
     for source, stats in stats_by_task.items():
         selection = select_for_steering(settings, stats)  # the steering rule: sites, k, alpha
         for target, split in evaluation.items():
             if not split.items:
                 continue
-            result = evaluate_steering(subject.model, subject.tokenizer, task, split.examples,
-                                       split.behaviors, selection, s.alpha, d.max_new_tokens,
-                                       d.batch_size, num_beams=d.num_beams,
+            result = evaluate_steering(subject, split.examples, split.behaviors, selection,
+                                       s.alpha, decoding=settings.decoding,
                                        last_prompt_only=s.last_prompt_only)
             for direction, t in result.selected.items():
                 rows.append({"source": source, "target": target, "direction": direction,

@@ -27,9 +27,11 @@ from torch import nn
 
 from memgen.analysis.generation import encode_prompts, generate, position_ids
 from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.settings import Decoding, Subject
 from memgen.analysis.steering.hooks import DIRECTIONS, plan_shifts, steer
 from memgen.tasks.base import Behavior, Example, Task
 
+DECODING = Decoding()  # the settings' defaults
 SOURCE = {"to_gen": Behavior.MEM, "to_mem": Behavior.GEN}  # who is steered in each direction
 TARGET = {"to_gen": Behavior.GEN, "to_mem": Behavior.MEM}
 
@@ -118,23 +120,26 @@ def _behaviors(task: Task, examples: Sequence[Example], outputs: Sequence[str]) 
     return [task.classify(ex, out) for ex, out in zip(examples, outputs, strict=True)]
 
 
-def baseline_labels(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
-                    max_new_tokens: int = 16, batch_size: int = 64,
-                    num_beams: int = 1) -> list[Behavior]:
+def _generate(subject: Subject, prompts: Sequence[str], decoding: Decoding) -> list[str]:
+    return generate(subject.model, subject.tokenizer, prompts, decoding.max_new_tokens,
+                    decoding.batch_size, decoding.num_beams)
+
+
+def baseline_labels(subject: Subject, examples: Sequence[Example],
+                    decoding: Decoding = DECODING) -> list[Behavior]:
     """Unsteered behaviours, decoded exactly as the steered runs are."""
-    outputs = generate(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens,
-                       batch_size, num_beams)
-    return _behaviors(task, examples, outputs)
+    outputs = _generate(subject, [ex.prompt for ex in examples], decoding)
+    return _behaviors(subject.task, examples, outputs)
 
 
-def _steered_behaviors(model, tokenizer, task, examples, selection, alpha, direction,
-                       max_new_tokens, batch_size, num_beams, last_prompt_only):
+def _steered_behaviors(subject: Subject, examples: Sequence[Example],
+                       selection: NeuronSelection, alpha: float, direction: str,
+                       decoding: Decoding, last_prompt_only: bool):
     if not examples:
         return [], []
-    with steer(model, selection, alpha, direction, last_prompt_only=last_prompt_only):
-        outputs = generate(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens,
-                           batch_size, num_beams)
-    return _behaviors(task, examples, outputs), outputs
+    with steer(subject.model, selection, alpha, direction, last_prompt_only=last_prompt_only):
+        outputs = _generate(subject, [ex.prompt for ex in examples], decoding)
+    return _behaviors(subject.task, examples, outputs), outputs
 
 
 def _transitions(direction: str, after: Sequence[Behavior]) -> Transitions:
@@ -144,12 +149,12 @@ def _transitions(direction: str, after: Sequence[Behavior]) -> Transitions:
                        other=sum(b == Behavior.OTHER for b in after))
 
 
-def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
+def evaluate_steering(subject: Subject, examples: Sequence[Example],
                       labels: Sequence[Behavior | str] | None, selection: NeuronSelection,
-                      alpha: float, max_new_tokens: int = 16, batch_size: int = 64,
-                      controls: Mapping[str, NeuronSelection] | None = None, *,
+                      alpha: float, controls: Mapping[str, NeuronSelection] | None = None, *,
+                      decoding: Decoding = DECODING,
                       clean_examples: Sequence[Example] | None = None,
-                      baseline: CleanBaseline | None = None, num_beams: int = 1,
+                      baseline: CleanBaseline | None = None,
                       last_prompt_only: bool = False) -> SteeringResult:
     """Steer MEM items toward GEN and GEN items toward MEM, with the selection and each control.
 
@@ -157,10 +162,9 @@ def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequenc
     the side effects of the selection are measured in both directions.
     """
     for sel in (selection, *(controls or {}).values()):  # fail before any generation
-        plan_shifts(model, sel, alpha, "to_gen")
+        plan_shifts(subject.model, sel, alpha, "to_gen")
     if labels is None:
-        labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
-                                 num_beams)
+        labels = baseline_labels(subject, examples, decoding)
     if len(labels) != len(examples):
         raise ValueError(f"labels: {len(labels)} labels for {len(examples)} examples")
     labels = [Behavior(label) for label in labels]
@@ -173,9 +177,8 @@ def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequenc
     for method, sel in methods.items():
         found[method] = {}
         for direction, items in groups.items():
-            after, outputs = _steered_behaviors(model, tokenizer, task, items, sel, alpha,
-                                                direction, max_new_tokens, batch_size,
-                                                num_beams, last_prompt_only)
+            after, outputs = _steered_behaviors(subject, items, sel, alpha, direction, decoding,
+                                                last_prompt_only)
             found[method][direction] = _transitions(direction, after)
             rows += [{"method": method, "direction": direction, "prompt": ex.prompt,
                       "before": SOURCE[direction].value, "after": b.value, "output": out}
@@ -185,11 +188,10 @@ def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequenc
                             items=pd.DataFrame(rows))
     if clean_examples:
         if baseline is None:
-            baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
-                                      max_new_tokens, num_beams)
-        result.side = {d: side_effects(model, tokenizer, task, clean_examples, selection, alpha,
-                                       d, batch_size, max_new_tokens, baseline=baseline,
-                                       num_beams=num_beams, last_prompt_only=last_prompt_only)
+            baseline = clean_baseline(subject, clean_examples, decoding)
+        result.side = {d: side_effects(subject, clean_examples, selection, alpha, d,
+                                       decoding=decoding, baseline=baseline,
+                                       last_prompt_only=last_prompt_only)
                        for d in DIRECTIONS}
     return result
 
@@ -222,36 +224,36 @@ def _accuracy(task: Task, examples: Sequence[Example], outputs: Sequence[str]) -
     return hits / len(examples) if examples else math.nan
 
 
-def clean_baseline(model: nn.Module, tokenizer, task: Task, clean_examples: Sequence[Example],
-                   batch_size: int = 64, max_new_tokens: int = 16,
-                   num_beams: int = 1) -> CleanBaseline:
+def clean_baseline(subject: Subject, clean_examples: Sequence[Example],
+                   decoding: Decoding = DECODING) -> CleanBaseline:
     """Unsteered rule accuracy and next-token log-probs on clean inputs."""
     prompts = [ex.prompt for ex in clean_examples]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, num_beams)
-    return CleanBaseline(acc=_accuracy(task, clean_examples, outputs),
-                         logprobs=last_token_logprobs(model, tokenizer, prompts, batch_size))
+    outputs = _generate(subject, prompts, decoding)
+    return CleanBaseline(acc=_accuracy(subject.task, clean_examples, outputs),
+                         logprobs=last_token_logprobs(subject.model, subject.tokenizer, prompts,
+                                                      decoding.batch_size))
 
 
-def side_effects(model: nn.Module, tokenizer, task: Task, clean_examples: Sequence[Example],
-                 selection: NeuronSelection, alpha: float, direction: str, batch_size: int = 64,
-                 max_new_tokens: int = 16, *, baseline: CleanBaseline | None = None,
-                 num_beams: int = 1, last_prompt_only: bool = False) -> SideEffects:
+def side_effects(subject: Subject, clean_examples: Sequence[Example],
+                 selection: NeuronSelection, alpha: float, direction: str, *,
+                 decoding: Decoding = DECODING, baseline: CleanBaseline | None = None,
+                 last_prompt_only: bool = False) -> SideEffects:
     """Rule accuracy on clean inputs (classify == GEN is correct), steered and not, and the
     mean KL(unsteered || steered) of the next-token distribution at the last prompt token."""
-    plan_shifts(model, selection, alpha, direction)
+    plan_shifts(subject.model, selection, alpha, direction)
     if not clean_examples:
         raise ValueError("clean_examples: empty, no clean inputs to measure side effects on")
     if baseline is None:
-        baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
-                                  max_new_tokens, num_beams)
+        baseline = clean_baseline(subject, clean_examples, decoding)
     prompts = [ex.prompt for ex in clean_examples]
-    with steer(model, selection, alpha, direction, last_prompt_only=last_prompt_only):
-        outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, num_beams)
-        steered = last_token_logprobs(model, tokenizer, prompts, batch_size)
+    with steer(subject.model, selection, alpha, direction, last_prompt_only=last_prompt_only):
+        outputs = _generate(subject, prompts, decoding)
+        steered = last_token_logprobs(subject.model, subject.tokenizer, prompts,
+                                      decoding.batch_size)
     p = baseline.logprobs.exp()  # terms with p = 0 are 0 (also where a logit is -inf)
     kl = torch.where(p > 0, p * (baseline.logprobs - steered), torch.zeros_like(p)).sum(-1)
     return SideEffects(direction=direction, n=len(clean_examples), clean_acc=baseline.acc,
-                       clean_acc_steered=_accuracy(task, clean_examples, outputs),
+                       clean_acc_steered=_accuracy(subject.task, clean_examples, outputs),
                        kl=float(kl.clamp(min=0).mean()))
 
 

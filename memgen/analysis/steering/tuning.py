@@ -13,19 +13,20 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 
 import pandas as pd
-from torch import nn
 
 from memgen.analysis.neurons import NeuronSelection, SiteStats
+from memgen.analysis.settings import Decoding, Subject
 from memgen.analysis.sites import site_width
 from memgen.analysis.stats import select_neurons
 from memgen.analysis.steering.controls import CONTROL_NAMES, build_controls
 from memgen.analysis.steering.evaluation import (
+    DECODING,
     CleanBaseline,
     baseline_labels,
     clean_baseline,
     evaluate_steering,
 )
-from memgen.tasks.base import Behavior, Example, Task
+from memgen.tasks.base import Behavior, Example
 
 
 def select_top(stats: Mapping[str, SiteStats], top: int | float) -> NeuronSelection:
@@ -40,15 +41,14 @@ def select_top(stats: Mapping[str, SiteStats], top: int | float) -> NeuronSelect
 Selector = Mapping[str, SiteStats] | Callable[[int | float], NeuronSelection]
 
 
-def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
+def steering_grid(subject: Subject, examples: Sequence[Example],
                   labels: Sequence[Behavior | str] | None, selector: Selector,
                   ks: Sequence[int | float], alphas: Sequence[float], *,
                   stats: Mapping[str, SiteStats] | None = None,
                   control_names: Sequence[str] = CONTROL_NAMES,
                   clean_examples: Sequence[Example] | None = None,
-                  baseline: CleanBaseline | None = None, max_new_tokens: int = 16,
-                  batch_size: int = 64, seed: int = 0, num_beams: int = 1,
-                  last_prompt_only: bool = False) -> pd.DataFrame:
+                  baseline: CleanBaseline | None = None, decoding: Decoding = DECODING,
+                  seed: int = 0, last_prompt_only: bool = False) -> pd.DataFrame:
     """Success (and side effects of the selection) for every (k, alpha, direction, method).
 
     ``selector``: per-site statistics (the top-k neurons by abs(r) are selected; a float k is a
@@ -67,22 +67,20 @@ def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Ex
     else:
         select = selector
     if labels is None:
-        labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
-                                 num_beams)
+        labels = baseline_labels(subject, examples, decoding)
     if clean_examples and baseline is None:
-        baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
-                                  max_new_tokens, num_beams)
+        baseline = clean_baseline(subject, clean_examples, decoding)
     rows = []
     for top in ks:
         selection = select(top)
         pool = stats if stats is not None else {
-            s: site_width(model, s) for s in dict.fromkeys(selection.sites)}
+            s: site_width(subject.model, s) for s in dict.fromkeys(selection.sites)}
         controls = build_controls(pool, selection, seed, tuple(control_names))
         for alpha in alphas:
             result = evaluate_steering(
-                model, tokenizer, task, examples, labels, selection, alpha, max_new_tokens,
-                batch_size, controls, clean_examples=clean_examples, baseline=baseline,
-                num_beams=num_beams, last_prompt_only=last_prompt_only)
+                subject, examples, labels, selection, alpha, controls, decoding=decoding,
+                clean_examples=clean_examples, baseline=baseline,
+                last_prompt_only=last_prompt_only)
             for row in result.table().to_dict("records"):
                 side = result.side.get(row["direction"]) if row["method"] == "selected" else None
                 rows.append({"top": top, "k": len(selection), "alpha": float(alpha), **row,
