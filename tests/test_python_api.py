@@ -48,3 +48,29 @@ def test_the_readme_python_example_analyses_a_saved_model(tmp_path, capsys):
 def test_the_api_loads_lazily_and_names_its_exports():
     assert set(memgen.__all__) >= {"AnalysisSettings", "Subject", "analyse_model", "build_task"}
     assert all(getattr(memgen, name) is not None for name in memgen.__all__)
+
+
+def test_the_settings_defaults_are_the_default_configs():
+    """A notebook's ``AnalysisSettings()`` analyses as ``memgen run`` does by default; every
+    config key the adapter reads reaches the settings."""
+    import dataclasses
+
+    from memgen.config import compose
+    from memgen.settings import settings_from_config
+
+    cfg = compose()
+    settings = settings_from_config(cfg)
+    assert settings.probe == memgen.ProbeSettings()
+    assert settings.steering == memgen.SteeringSettings()
+    defaults = memgen.AnalysisSettings()
+    for f in dataclasses.fields(defaults):
+        if f.name not in ("decoding", "n_conflict", "n_perturbations"):  # the task's
+            assert getattr(settings, f.name) == getattr(defaults, f.name), f.name
+    assert settings.decoding == memgen.Decoding(
+        max_new_tokens=cfg.task.max_new_tokens, batch_size=cfg.analysis.batch_size,
+        num_beams=cfg.trainer.num_beams)
+    assert (settings.n_conflict, settings.n_perturbations) == (cfg.task.n_conflict,
+                                                                cfg.task.n_perturbations)
+    other = settings_from_config(compose(["analysis.steering.alpha=7.5", "seed=3",
+                                          "analysis.probe.max_iter=17"]))
+    assert (other.steering.alpha, other.seed, other.probe.max_iter) == (7.5, 3, 17)
