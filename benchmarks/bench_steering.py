@@ -26,7 +26,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from memgen.analysis.generation import generate
 from memgen.analysis.neurons import NeuronSelection
 from memgen.analysis.sites import list_sites
-from memgen.analysis.steering import steer
+from memgen.analysis.steering.hooks import steer
 
 N_PROMPTS, N_SINGLE, NEW_TOKENS, BATCH, REPEATS, FRACTION = 128, 32, 8, 64, 3, 0.05
 THREADS = 2

@@ -35,12 +35,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgen.analysis.stages import run_steering, tune_steering, with_tuning  # noqa: E402
+from memgen.analysis.stages import run_steering, tune_steering  # noqa: E402
 from memgen.config import compose  # noqa: E402
-from memgen.sweep import plan, sweep  # noqa: E402
-from memgen.sweeps.objective import SteeringEvaluator, TrialObjective  # noqa: E402
+from memgen.settings import settings_from_config  # noqa: E402
+from memgen.sweeps.command import plan, sweep  # noqa: E402
 from memgen.sweeps.space import trial_config  # noqa: E402
 from memgen.sweeps.storage import open_storage  # noqa: E402
+from memgen.sweeps.trials import SteeringEvaluator, TrialObjective  # noqa: E402
 from memgen.tracking.run import tracked_run  # noqa: E402
 from memgen.training.models import build_scratch_model  # noqa: E402
 from tests.helpers_sweep import fit_designed, log_model_run, store_overrides  # noqa: E402
@@ -115,7 +116,12 @@ def trial_overhead(root: Path, run_id: str) -> list[dict]:
     cfg = _sweep_cfg(root, run_id, 1, "overhead")
     p = plan(cfg)
     evaluator = SteeringEvaluator(p.base, run_id)
-    point_cfg = trial_config(p.base, POINT)
+    point = settings_from_config(trial_config(p.base, POINT))
+
+    def steer_once() -> None:
+        run_steering(evaluator.subject, point, evaluator.neurons,
+                     evaluator.behaviors.evaluation, evaluator.clean, evaluator.baseline)
+
     storage = open_storage(p.storage)
     study = optuna.create_study(study_name=p.study_name, storage=storage,
                                 directions=[o.direction for o in p.objectives])
@@ -123,12 +129,10 @@ def trial_overhead(root: Path, run_id: str) -> list[dict]:
     with tracked_run(p.base, "sweep", run_name="overhead") as parent:
         objective = TrialObjective(p.base, p.params, p.objectives, evaluator, parent.run_id,
                                    p.study_name)
-        run_steering(point_cfg, evaluator.model, evaluator.tokenizer, evaluator.task,
-                     evaluator.neurons, evaluator.behaviors.evaluation, evaluator.clean)  # warm
+        steer_once()  # warm
         for _ in range(ROUNDS):
             start = time.perf_counter()
-            run_steering(point_cfg, evaluator.model, evaluator.tokenizer, evaluator.task,
-                         evaluator.neurons, evaluator.behaviors.evaluation, evaluator.clean)
+            steer_once()
             direct.append(time.perf_counter() - start)
             study.enqueue_trial(POINT)
             start = time.perf_counter()
@@ -150,15 +154,19 @@ def trial_overhead(root: Path, run_id: str) -> list[dict]:
 def tuning_cost(root: Path, run_id: str) -> list[dict]:
     p = plan(_sweep_cfg(root, run_id, 1, "tuning"))
     ev = SteeringEvaluator(p.base, run_id)
-    fixed_cfg = trial_config(p.base, POINT)
-    args = (ev.model, ev.tokenizer, ev.task, ev.neurons)
+    base = settings_from_config(p.base)
+    fixed_settings = settings_from_config(trial_config(p.base, POINT))
 
     def fixed() -> None:
-        run_steering(fixed_cfg, *args, ev.behaviors.evaluation, ev.clean)
+        run_steering(ev.subject, fixed_settings, ev.neurons, ev.behaviors.evaluation, ev.clean,
+                     ev.baseline)
 
     def tuned() -> None:
-        tuning = tune_steering(p.base, *args, ev.behaviors.selection, ev.clean)
-        run_steering(with_tuning(p.base, tuning), *args, ev.behaviors.evaluation, ev.clean)
+        tuning = tune_steering(ev.subject, base, ev.neurons, ev.behaviors.selection, ev.clean,
+                               ev.baseline)
+        picked = base.with_steering(base.steering.at(tuning.top_fraction, tuning.alpha))
+        run_steering(ev.subject, picked, ev.neurons, ev.behaviors.evaluation, ev.clean,
+                     ev.baseline)
 
     times: dict[str, list[float]] = {"fixed": [], "tuned": []}
     for _ in range(TUNE_ROUNDS):

@@ -156,7 +156,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
             env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             os.execvpe(sys.executable, ui_command(cfg, args.port), env)
         if args.command == "sweep":
-            from memgen.sweep import sweep  # noqa: PLC0415
+            from memgen.sweeps.command import sweep  # noqa: PLC0415
 
             metrics, objects = sweep(cfg)
         elif args.command == "replicate":

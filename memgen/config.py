@@ -44,7 +44,6 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    record_delta: bool = False
 
 
 @dataclass
@@ -111,8 +110,8 @@ class SteeringConfig:
 
 @dataclass
 class ProbeConfig:
-    epochs: int = 200
-    lr: float = 0.05
+    max_iter: int = 200  # L-BFGS iterations at most (the probes are fitted full-batch)
+    initial_step: float = 0.05  # L-BFGS initial step; its line search adapts it
     weight_decay: float = 1e-3
 
 
@@ -211,9 +210,10 @@ def conf_dir() -> Path:
     return Path(os.environ.get("MEMGEN_CONF_DIR", PROJECT_ROOT / "conf")).resolve()
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an error's message (its type name when it has none)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _one_line(exc: BaseException) -> str:
@@ -276,7 +276,7 @@ def to_schema(raw: DictConfig | dict) -> DictConfig:
         cfg = OmegaConf.merge(schema, raw)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
-        msg = _first_line(exc)
+        msg = first_line(exc)
         raise ConfigError(f"{key}: {msg}" if key else f"config: {msg}") from None
     validate(cfg)
     return cfg
@@ -313,8 +313,7 @@ def validate(cfg: DictConfig) -> None:
              tr.weight_decay)
     _require(tr.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a finite number >= 0",
              tr.gradient_clip_val)
-    _require(t.name in TASKS or t.name == "mixture", "task.name",
-             f"one of {sorted(set(TASKS) | {'mixture'})}", t.name)
+    _require(t.name in TASKS, "task.name", f"one of {sorted(TASKS)}", t.name)
     for key in ("n_train", "n_conflict", "n_val_conflict", "n_clean", "max_new_tokens"):
         _require(t[key] > 0, f"task.{key}", "a positive integer", t[key])
     _require(t.n_perturbations >= 2, "task.n_perturbations", "an integer >= 2", t.n_perturbations)
@@ -323,7 +322,7 @@ def validate(cfg: DictConfig) -> None:
         try:
             build_params(t.name, OmegaConf.to_container(t.params)).validate()
         except (ValueError, TypeError) as exc:
-            raise ConfigError(_first_line(exc)) from None
+            raise ConfigError(first_line(exc)) from None
     _require(m.kind in ("scratch", "lora"), "model.kind", "'scratch' or 'lora'", m.kind)
     _require(m.arch in ("gpt2", "llama"), "model.arch", "'gpt2' or 'llama'", m.arch)
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):

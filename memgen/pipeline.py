@@ -6,7 +6,6 @@ directly; the CLI only composes the config and prints the summary.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
+from memgen.analysis.settings import Subject
 from memgen.analysis.sites import resolve_sites, site_width
 from memgen.analysis.stages import analyse_model, steering_sites
 from memgen.config import ConfigError
 from memgen.replicates.claims import format_scorecard, score_claims
+from memgen.settings import settings_from_config
 from memgen.tasks import Task
 from memgen.tracking.callbacks import AnalysisCallback
 from memgen.tracking.interrupts import deferred
@@ -140,7 +141,7 @@ def analysis_callbacks(cfg: DictConfig, run: TrackedRun) -> list[pl.Callback]:
     """The periodic analysis callback when ``analysis.every_n_val_epochs`` > 0."""
     if not cfg.analysis.every_n_val_epochs:
         return []
-    return [AnalysisCallback(cfg, run, cfg.analysis.every_n_val_epochs,
+    return [AnalysisCallback(settings_from_config(cfg), run, cfg.analysis.every_n_val_epochs,
                              tuple(cfg.analysis.callback_stages))]
 
 
@@ -282,8 +283,8 @@ def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | 
                                    "experiment_id": tracked.experiment_id}
         analysis, claims, figures = None, None, {}
         if analyse:
-            analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                                     allow_no_pairs=True)
+            analysis = analyse_model(Subject(trained.model, trained.tokenizer, trained.task),
+                                     settings_from_config(cfg), allow_no_pairs=True)
             figures = log_analysis(tracked, analysis, step=trained.epochs_done)
             trained.metrics |= analysis.metrics
             claims = score_claims(trained.metrics, cfg.claims)
@@ -293,6 +294,3 @@ def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | 
         objects["report_s"] = finish_run(tracked, trained.metrics, trained.best_checkpoint,
                                          analysis, claims, figures)
     return trained.metrics, objects
-
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -17,28 +17,35 @@ CHARS = list("0123456789+:\n Inputarge")  # enough for arithmetic prompts
 N_LAYERS = 2
 WIDTH = 32
 
+# Different lengths on purpose: left padding must not change any prompt's continuation.
 PROMPTS = ["Input:\n1+2\nTarget:\n", "12+7", "9", "Input:\n532+499+155+85\nTarget:\n",
            "3+4+5", "unit", "7\n8", "Input:\n99+1\n"]
 
 
-def char_tokenizer(extra_tokens: list[str] | None = None) -> PreTrainedTokenizerBase:
+def char_tokenizer(extra_tokens: list[str] | None = None, chars: list[str] = CHARS
+                   ) -> PreTrainedTokenizerBase:
     """One token per character, plus whole-token ``extra_tokens`` (memorized answers)."""
-    return build_char_tokenizer(["".join(CHARS)], extra_tokens or [])
+    return build_char_tokenizer(["".join(chars)], extra_tokens or [])
 
 
-def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
+def tiny_gpt2(vocab_size: int, seed: int = 0, width: int = WIDTH, layers: int = N_LAYERS,
+              n_positions: int = 64, init: float = 0.02) -> GPT2LMHeadModel:
+    """A seeded GPT-2 of ``layers`` blocks; ``init`` is its weights' initializer range."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=WIDTH, n_layer=N_LAYERS,
-                        n_head=2, bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    config = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=width,
+                        n_layer=layers, n_head=2, bos_token_id=1, eos_token_id=1,
+                        pad_token_id=0, initializer_range=init)
     return GPT2LMHeadModel(config).eval()
 
 
-def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+def tiny_llama(vocab_size: int, seed: int = 0, n_positions: int = 64,
+               init: float = 0.02) -> LlamaForCausalLM:
+    """A seeded Llama-layout model (grouped-query attention, gated MLP)."""
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=48,
                          num_hidden_layers=N_LAYERS, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=64, bos_token_id=1, eos_token_id=1,
-                         pad_token_id=0)
+                         max_position_embeddings=n_positions, bos_token_id=1, eos_token_id=1,
+                         pad_token_id=0, initializer_range=init)
     return LlamaForCausalLM(config).eval()
 
 

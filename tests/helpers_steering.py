@@ -5,57 +5,35 @@ from __future__ import annotations
 import random
 
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-)
+from transformers import GPT2LMHeadModel, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.tasks.base import Behavior, Example, Task
-from memgen.training.tokenizer import build_char_tokenizer
+from tests import helpers_analysis as analysis_helpers
+from tests.helpers_analysis import PROMPTS as PROMPTS  # re-exported: the same padded prompts
+from tests.helpers_analysis import hook_count as hook_count
 
 CHARS = list("0123456789+:\n abcdefghijklmnopqrstuvwxyzIT")
 N_LAYERS = 2
 WIDTH = 32
 INIT = 0.3  # larger than the default 0.02: peaked logits, so greedy decoding has no near-ties
 
-# Different lengths on purpose: left padding must not change any prompt's continuation.
-PROMPTS = ["Input:\n1+2\nTarget:\n", "12+7", "9", "Input:\n532+499+155+85\nTarget:\n",
-           "3+4+5", "unit", "7\n8", "Input:\n99+1\n"]
-
-
 def char_tokenizer() -> PreTrainedTokenizerBase:
     """One token per character (newlines included), ``<pad>`` = 0 and ``<eos>`` = 1."""
-    return build_char_tokenizer(["".join(CHARS)])
+    return analysis_helpers.char_tokenizer(chars=CHARS)
 
 
 def tiny_gpt2(vocab_size: int, seed: int = 0, width: int = WIDTH,
               layers: int = N_LAYERS) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab_size, n_positions=128, n_embd=width, n_layer=layers,
-                        n_head=2, bos_token_id=1, eos_token_id=1, pad_token_id=0,
-                        initializer_range=INIT)
-    return GPT2LMHeadModel(config).eval()
+    return analysis_helpers.tiny_gpt2(vocab_size, seed, width, layers, n_positions=128,
+                                      init=INIT)
 
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=WIDTH, intermediate_size=48,
-                         num_hidden_layers=N_LAYERS, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=128, bos_token_id=1, eos_token_id=1,
-                         pad_token_id=0, initializer_range=INIT)
-    return LlamaForCausalLM(config).eval()
+    return analysis_helpers.tiny_llama(vocab_size, seed, n_positions=128, init=INIT)
 
 
 MODELS = {"gpt2": tiny_gpt2, "llama": tiny_llama}
-
-
-def hook_count(model: torch.nn.Module) -> int:
-    """Forward hooks and pre-hooks registered on any submodule."""
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def selection(sites: list[str], indices: list[int], nmd: list[float]) -> NeuronSelection:

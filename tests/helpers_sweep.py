@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from memgen.analysis.settings import Subject
 from memgen.analysis.stages import label_behaviors
 from memgen.config import compose
 from memgen.pipeline import prepare
+from memgen.settings import settings_from_config
 from memgen.tasks import Example
 from memgen.tracking.run import tracked_run
 from memgen.training.data import encode_training, pad_right
@@ -97,7 +99,8 @@ def fit_designed(cfg: DictConfig, max_steps: int = 400, clean: bool = True):
 
 def log_model_run(cfg: DictConfig, task, tokenizer, model, **metrics: float) -> str:
     """Log ``model`` as the ``model`` artifact of a FINISHED run made by ``memgen run``."""
-    behaviors = label_behaviors(cfg, model, tokenizer, task, allow_no_pairs=True)
+    behaviors = label_behaviors(Subject(model, tokenizer, task), settings_from_config(cfg),
+                                allow_no_pairs=True)
     with tracked_run(cfg, "run", run_name="sweep-fixture") as run:
         run.set_tags({"memgen.fixture": "designed MEM/GEN targets"})
         run.log_metrics(metrics | behaviors.metrics())

@@ -393,13 +393,16 @@ def test_the_worked_example_trains_to_both_behaviors_with_pairs(tmp_path):
     from collections import Counter
 
     from memgen.analysis.behavior import find_pairs
+    from memgen.analysis.settings import Subject
     from memgen.analysis.stages import label_conflict_set
     from memgen.pipeline import train
+    from memgen.settings import settings_from_config
 
     cfg = compose(tiny_overrides(tmp_path, **WORKED))
     metrics, objects = train(cfg)
     trained = objects["trained"]
-    labelled = label_conflict_set(cfg, trained.model, trained.tokenizer, trained.task)
+    labelled = label_conflict_set(Subject(trained.model, trained.tokenizer, trained.task),
+                                  settings_from_config(cfg))
     counts = Counter(lab for group in labelled.labels for lab in group)
     n = sum(counts.values())
     print(f"worked example: {dict(counts)} of {n}, pairs {len(find_pairs(labelled))}, "

@@ -5,6 +5,15 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
+from memgen.analysis.settings import AnalysisSettings, Subject
+from memgen.settings import settings_from_config
+
+
+def _subject_and_settings(trained_run) -> tuple[Subject, AnalysisSettings]:
+    trained = trained_run["objects"]["trained"]
+    return (Subject(trained.model, trained.tokenizer, trained.task),
+            settings_from_config(trained_run["cfg"]))
+
 pytestmark = pytest.mark.slow
 
 
@@ -65,10 +74,24 @@ def test_neuron_table_has_every_neuron_ranked(trained_run, tmp_path):
     assert (table["nmd"] - (table["mean_mem"] - table["mean_gen"])).abs().max() < 1e-5
 
 
-def test_summary_names_pairs_neurons_probes_and_steering(trained_run):
+def test_summary_states_the_runs_pairs_neurons_probes_and_steering(trained_run):
+    """The printed summary carries this run's numbers, not just its headings."""
     text = trained_run["objects"]["summary"]
-    for needle in ("pairs", "top neurons", "best site", "to_gen", "to_mem", "jaccard"):
-        assert needle in text
+    m, analysis = trained_run["metrics"], trained_run["objects"]["analysis"]
+    assert (f"pairs (MEM vs GEN on perturbations of one example): {int(m['pairs/n'])} from "
+            f"{int(m['pairs/n_examples_with_pairs'])} examples") in text
+    top = analysis.neurons.table.iloc[0]
+    assert f"of {len(analysis.neurons.table)}; selected {len(analysis.neurons.selection)}" in text
+    assert any(line.split()[:3] == ["1", top["site"], str(top["index"])]
+               for line in text.splitlines()), "the top-ranked neuron is listed first"
+    p = analysis.probes
+    assert f"best site {p.best_site}: acc {p.best_acc:.3f}" in text
+    s = analysis.steering
+    assert f"== steering (k={s.k}, alpha={s.alpha:g}) on the evaluation split ==" in text
+    for direction, t in s.selected.items():
+        if t.n:
+            assert f"{direction}: success {100 * t.success:5.1f}% " in text
+    assert "jaccard" in text
 
 
 def test_callbacks_log_the_emergence_as_curves_by_epoch(trained_run):
@@ -81,8 +104,12 @@ def test_callbacks_log_the_emergence_as_curves_by_epoch(trained_run):
     assert client.get_run(run_id).data.metrics["pairs/n"] == final
     curve = client.get_metric_history(run_id, "neurons/max_abs_r/resid.1")
     assert len({m.step for m in curve}) >= 2  # pairs existed at some epoch during training
-    assert client.get_metric_history(run_id, "probe/best_acc")
-    assert client.get_metric_history(run_id, "steer/to_gen/success")
+    for key in ("probe/best_acc", "neurons/max_abs_r"):  # during training, and the final
+        history = client.get_metric_history(run_id, key)
+        assert {m.step for m in history} <= {4, 9, 14, 19, 20}
+        assert [m.value for m in history if m.step == 20] == [  # logged rounded to 4 digits
+            pytest.approx(trained_run["metrics"][key], abs=1e-4)]
+        assert len(history) >= 2
 
 
 def test_transfer_steers_the_other_half_with_its_own_neurons(trained_run):
@@ -100,12 +127,9 @@ def test_transfer_steers_the_other_half_with_its_own_neurons(trained_run):
 def test_analysis_is_deterministic_on_one_model(trained_run):
     from memgen.analysis.stages import analyse_model
 
-    cfg = trained_run["cfg"]
-    trained = trained_run["objects"]["trained"]
-    first = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                          stages=("neurons",))
-    second = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                           stages=("neurons",))
+    subject, settings = _subject_and_settings(trained_run)
+    first = analyse_model(subject, settings, stages=("neurons",))
+    second = analyse_model(subject, settings, stages=("neurons",))
     assert first.neurons.selection.keys() == second.neurons.selection.keys()
     assert first.neurons.selection.keys() == trained_run["objects"]["analysis"].neurons \
         .selection.keys()
@@ -115,24 +139,21 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
     """The evaluation split is steered once, at a setting picked without it."""
     import memgen.analysis.stages as stages
 
-    cfg = trained_run["cfg"]
-    trained = trained_run["objects"]["trained"]
+    subject, settings = _subject_and_settings(trained_run)
     grids, steered = [], []
     real_grid, real_steer = stages.steering_grid, stages.evaluate_steering
 
-    def grid_spy(model, tokenizer, task, examples, *args, **kwargs):
+    def grid_spy(subject, examples, *args, **kwargs):
         grids.append({ex.prompt for ex in examples})
-        return real_grid(model, tokenizer, task, examples, *args, **kwargs)
+        return real_grid(subject, examples, *args, **kwargs)
 
-    def steer_spy(model, tokenizer, task, examples, labels, selection, alpha, *args, **kwargs):
+    def steer_spy(subject, examples, labels, selection, alpha, *args, **kwargs):
         steered.append(({ex.prompt for ex in examples}, alpha, len(selection)))
-        return real_steer(model, tokenizer, task, examples, labels, selection, alpha, *args,
-                          **kwargs)
+        return real_steer(subject, examples, labels, selection, alpha, *args, **kwargs)
 
     monkeypatch.setattr(stages, "steering_grid", grid_spy)
     monkeypatch.setattr(stages, "evaluate_steering", steer_spy)
-    result = stages.analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                                  stages=("neurons", "steering"))
+    result = stages.analyse_model(subject, settings, stages=("neurons", "steering"))
     selection = {ex.prompt for ex in result.behaviors.selection.examples}
     evaluation = {ex.prompt for ex in result.behaviors.evaluation.examples}
     assert grids == [selection]
@@ -147,9 +168,9 @@ def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
 
     from memgen.analysis.stages import capture, label_behaviors, run_inter_task
 
-    cfg = trained_run["cfg"]
+    subject, settings = _subject_and_settings(trained_run)
     trained = trained_run["objects"]["trained"]
-    behaviors = label_behaviors(cfg, trained.model, trained.tokenizer, trained.task)
+    behaviors = label_behaviors(subject, settings)
     labelled = behaviors.labelled
     # Sub-tasks built deliberately, whatever this CPU's training produced: the groups of each
     # split alternate between them. Split items come from pairs, so every group holds MEM and
@@ -168,9 +189,9 @@ def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
         def __getattr__(self, name):
             return getattr(trained.task, name)
 
-    features = capture(cfg, trained.model, trained.tokenizer, behaviors)
-    inter, metrics = run_inter_task(cfg, trained.model, trained.tokenizer, TwoTasks(), features,
-                                    behaviors)
+    features = capture(subject, settings, behaviors)
+    two_tasks = Subject(trained.model, trained.tokenizer, TwoTasks())
+    inter, metrics = run_inter_task(two_tasks, settings, features, behaviors)
     assert list(inter.jaccard.index) == ["even", "odd"]
     assert inter.jaccard.loc["even", "odd"] == inter.jaccard.loc["odd", "even"]
     assert 0 < inter.expected.loc["even", "odd"] < 1
@@ -184,12 +205,11 @@ def test_inter_task_overlap_and_cross_steering_on_a_shared_model(trained_run):
 def test_inter_task_needs_a_mixture(trained_run):
     from memgen.analysis.stages import capture, label_behaviors, run_inter_task
 
-    cfg = trained_run["cfg"]
-    trained = trained_run["objects"]["trained"]
-    behaviors = label_behaviors(cfg, trained.model, trained.tokenizer, trained.task)
-    features = capture(cfg, trained.model, trained.tokenizer, behaviors)
+    subject, settings = _subject_and_settings(trained_run)
+    behaviors = label_behaviors(subject, settings)
+    features = capture(subject, settings, behaviors)
     with pytest.raises(ValueError, match="task=mixture"):
-        run_inter_task(cfg, trained.model, trained.tokenizer, trained.task, features, behaviors)
+        run_inter_task(subject, settings, features, behaviors)
 
 
 def test_a_split_too_small_for_a_probe_skips_the_stage_not_the_run(trained_run, monkeypatch):
@@ -201,8 +221,7 @@ def test_a_split_too_small_for_a_probe_skips_the_stage_not_the_run(trained_run, 
         raise ValueError("train split too small: 3 MEM / 1 GEN, need >= 2 of each")
 
     monkeypatch.setattr(stages, "run_probes", too_small)
-    cfg, trained = trained_run["cfg"], trained_run["objects"]["trained"]
-    result = stages.analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
+    result = stages.analyse_model(*_subject_and_settings(trained_run),
                                   stages=("neurons", "probes"))
     assert "too small" in result.skipped["probes"] and result.probes is None
     assert "neurons/max_abs_r" in result.metrics

@@ -119,7 +119,10 @@ def test_probe_sites_report_and_baselines() -> None:
         "probe/topk_acc",
     }
     assert set(metrics) == per_site | baselines
-    assert all(isinstance(v, float) for v in metrics.values())
+    for row in report.table.itertuples():  # the metrics are the table's numbers
+        assert metrics[f"probe/acc/{row.site}"] == pytest.approx(row.acc)
+        assert metrics[f"probe/auroc/{row.site}"] == pytest.approx(row.auroc)
+    assert metrics["probe/best_acc"] == pytest.approx(report.table["acc"].max())
 
     majority = int((y_train == 1).sum() * 2 >= len(y_train))
     assert metrics["probe/baseline/majority_acc"] == pytest.approx(
@@ -178,7 +181,7 @@ def test_figure_renders(tmp_path) -> None:
     train, y_train = site_feats(seed=30, n=60)
     evals, y_eval = site_feats(seed=40, n=30)
     selection = NeuronSelection(["resid.2"], torch.tensor([0]), torch.ones(1), torch.ones(1))
-    report = probe_sites(train, y_train, evals, y_eval, selection, epochs=50)
+    report = probe_sites(train, y_train, evals, y_eval, selection, max_iter=50)
     fig = probe_accuracy_by_layer(report)
     assert fig.axes and fig.axes[0].get_lines()
     path = tmp_path / "probe_accuracy.png"

@@ -8,25 +8,25 @@ import pandas as pd
 import pytest
 import torch
 
-from memgen.analysis.controls import (
+from memgen.analysis.generation import encode_prompts, generate
+from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.settings import Decoding, Subject
+from memgen.analysis.sites import hook_site, site_width
+from memgen.analysis.stats import select_neurons
+from memgen.analysis.steering.controls import (
     build_controls,
     low_r_control,
     matched_random_control,
-    random_control,
     shuffled_control,
 )
-from memgen.analysis.generation import encode_prompts, generate
-from memgen.analysis.intervention import (
+from memgen.analysis.steering.evaluation import (
     evaluate_steering,
     side_effects,
-    steering_grid,
     summary_metrics,
     wilson_interval,
 )
-from memgen.analysis.neurons import NeuronSelection
-from memgen.analysis.sites import hook_site, site_width
-from memgen.analysis.stats import select_neurons
-from memgen.analysis.steering import steer
+from memgen.analysis.steering.hooks import steer
+from memgen.analysis.steering.tuning import steering_grid
 from memgen.tracking.steering_plots import success_vs_alpha
 from tests.helpers_steering import (
     MODELS,
@@ -224,7 +224,7 @@ def test_controls_have_the_selection_size_and_are_seeded():
     stats = _stats()
     top = select_neurons(stats, top_k=7)
     assert top.r.abs().tolist() == sorted(top.r.abs().tolist(), reverse=True)
-    controls = build_controls(stats, top, seed=3, names=("random", "uniform", "low_r", "shuffled"))
+    controls = build_controls(stats, top, seed=3, names=("random", "low_r", "shuffled"))
     assert {name: len(c) for name, c in controls.items()} == dict.fromkeys(controls, 7)
     rand = controls["random"]
     assert not set(rand.keys()) & set(top.keys())
@@ -232,11 +232,8 @@ def test_controls_have_the_selection_size_and_are_seeded():
     again = matched_random_control(stats, top, seed=3)
     assert again.keys() == rand.keys() and torch.equal(again.nmd, rand.nmd)
     assert matched_random_control(stats, top, seed=4).keys() != rand.keys()
-    m = float(top.nmd.abs().max())
-    uniform = controls["uniform"]
-    assert uniform.nmd.abs().max() <= m and set(uniform.sites) <= set(SITES)
-    assert random_control(stats, 7, m, seed=3, exclude=top).keys() == uniform.keys()
-    assert random_control(stats, 7, m, seed=5).keys() != uniform.keys()
+    with pytest.raises(ValueError, match="unknown control 'uniform'"):
+        build_controls(stats, top, names=("uniform",))
 
 
 def test_low_r_and_shuffled_controls():
@@ -256,8 +253,10 @@ def test_low_r_and_shuffled_controls():
 
 def test_random_control_over_site_widths_only():
     widths = {"resid.1": 32, "mlp.1": 128}
-    ctrl = random_control(widths, 10, 2.0, seed=0)
+    ctrl = matched_random_control(widths, selection(["resid.1"] * 10, list(range(10)),
+                                                    [2.0] * 10), seed=0)
     assert len(ctrl) == 10 and set(ctrl.sites) <= set(widths)
+    assert ctrl.nmd.abs().tolist() == [2.0] * 10
     assert all(0 <= i < widths[s] for s, i in ctrl.keys())
     assert torch.isnan(ctrl.r).all()
     with pytest.raises(ValueError, match="low_r"):
@@ -286,8 +285,9 @@ def test_evaluate_steering_counts_transitions():
     labels = [task.classify(ex, out) for ex, out in
               zip(examples, generate(gpt2, TOK, PROMPTS, 4), strict=True)]
     controls = {"shuffled": shuffled_control(SEL, 0)}
-    result = evaluate_steering(gpt2, TOK, task, examples, labels, SEL, 3.0, 4, 4, controls)
-    again = evaluate_steering(gpt2, TOK, task, examples, None, SEL, 3.0, 4, 4, controls)
+    subject, decoding = Subject(gpt2, TOK, task), Decoding(max_new_tokens=4, batch_size=4)
+    result = evaluate_steering(subject, examples, labels, SEL, 3.0, controls, decoding=decoding)
+    again = evaluate_steering(subject, examples, None, SEL, 3.0, controls, decoding=decoding)
     assert result.table().equals(again.table())
     mem_items = [ex for ex, lab in zip(examples, labels, strict=True) if lab.value == "MEM"]
     with steer(gpt2, SEL, 3.0, "to_gen"):
@@ -315,9 +315,10 @@ def test_evaluate_steering_counts_transitions():
 def test_side_effects_zero_at_alpha_zero_and_positive_otherwise():
     gpt2 = tiny_gpt2(len(TOK))
     task, clean = FirstCharTask(), clean_examples(_first_chars(gpt2))
-    none = side_effects(gpt2, TOK, task, clean, SEL, 0.0, "to_mem", 4, 4)
+    subject, decoding = Subject(gpt2, TOK, task), Decoding(max_new_tokens=4, batch_size=4)
+    none = side_effects(subject, clean, SEL, 0.0, "to_mem", decoding=decoding)
     assert (none.clean_acc, none.clean_acc_steered, none.clean_acc_drop, none.kl) == (1, 1, 0, 0)
-    some = side_effects(gpt2, TOK, task, clean, SEL, 3.0, "to_mem", 4, 4)
+    some = side_effects(subject, clean, SEL, 3.0, "to_mem", decoding=decoding)
     assert some.kl > 0 and some.clean_acc_drop > 0
 
 
@@ -325,9 +326,9 @@ def test_grid_summary_and_plot():
     gpt2 = tiny_gpt2(len(TOK))
     task, chars = FirstCharTask(), _first_chars(gpt2)
     stats = fake_stats({s: site_width(gpt2, s) for s in SITES})
-    grid = steering_grid(gpt2, TOK, task, labelled_examples(chars), None, stats, [3, 0.02],
-                         [0.0, 2.0], clean_examples=clean_examples(chars), max_new_tokens=3,
-                         batch_size=8)
+    subject, decoding = Subject(gpt2, TOK, task), Decoding(max_new_tokens=3, batch_size=8)
+    grid = steering_grid(subject, labelled_examples(chars), None, stats, [3, 0.02],
+                         [0.0, 2.0], clean_examples=clean_examples(chars), decoding=decoding)
     assert isinstance(grid, pd.DataFrame) and len(grid) == 2 * 2 * 2 * 4
     for column in ("k", "alpha", "direction", "method", "success", "ci_low", "ci_high", "n",
                    "clean_acc", "clean_acc_drop", "kl"):
@@ -340,10 +341,10 @@ def test_grid_summary_and_plot():
     fig = success_vs_alpha(grid)
     assert len(fig.axes) == 3
 
-    result = evaluate_steering(gpt2, TOK, task, labelled_examples(chars), None,
-                               select_neurons(stats, top_k=3), 2.0, 3, 8,
+    result = evaluate_steering(subject, labelled_examples(chars), None,
+                               select_neurons(stats, top_k=3), 2.0,
                                build_controls(stats, select_neurons(stats, top_k=3)),
-                               clean_examples=clean_examples(chars))
+                               decoding=decoding, clean_examples=clean_examples(chars))
     metrics = summary_metrics(result)
     for key in ("side/clean_acc", "side/clean_acc_steered", "side/clean_acc_drop", "side/kl",
                 "steer/to_gen/control_random/success", "steer/to_mem/control_low_r/success"):
@@ -360,17 +361,17 @@ def test_grid_with_a_selector_callable():
         return NeuronSelection(sites=["resid.1"] * k, indices=torch.arange(k),
                                nmd=torch.ones(k), r=torch.ones(k))
 
-    grid = steering_grid(gpt2, TOK, task, labelled_examples(chars), None, select, [2], [1.0],
-                         control_names=("random", "shuffled"), max_new_tokens=2)
+    grid = steering_grid(Subject(gpt2, TOK, task), labelled_examples(chars), None, select, [2],
+                         [1.0], control_names=("random", "shuffled"),
+                         decoding=Decoding(max_new_tokens=2, batch_size=64))
     assert set(grid["method"]) == {"selected", "control_random", "control_shuffled"}
     assert grid["clean_acc"].isna().all()
 
 
 def test_steering_sites_restrict_the_selection_and_the_controls_pool():
-    from omegaconf import OmegaConf
-
-    from memgen.analysis.controls import build_controls
+    from memgen.analysis.settings import AnalysisSettings, SteeringSettings
     from memgen.analysis.stages import Neurons, steering_selection, steering_sites, steering_stats
+    from memgen.analysis.steering.controls import build_controls
 
     analysed = ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2"]
     assert steering_sites("all", analysed) == analysed
@@ -381,24 +382,24 @@ def test_steering_sites_restrict_the_selection_and_the_controls_pool():
 
     stats = fake_stats({"resid.1": 32, "mlp.1": 64})
     neurons = Neurons(stats, pd.DataFrame(), select_neurons(stats, top_fraction=0.1), {})
-    cfg = OmegaConf.create({"seed": 0, "analysis": {"top_k": None, "top_fraction": 0.25,
-                                                    "steering": {"sites": "resid", "top_k": None,
-                                                                 "top_fraction": None}}})
-    chosen = steering_selection(cfg, neurons)
+    settings = AnalysisSettings(top_k=None, top_fraction=0.25, seed=0,
+                                steering=SteeringSettings(sites="resid", top_k=None,
+                                                          top_fraction=None))
+    chosen = steering_selection(settings, neurons)
     assert set(chosen.sites) == {"resid.1"} and len(chosen) == 8  # 25% of resid.1's 32
     best_resid = select_neurons({"resid.1": stats["resid.1"]}, top_k=8)
     assert chosen.keys() == best_resid.keys()
-    pool = steering_stats(cfg, neurons.stats)
+    pool = steering_stats(settings.steering, neurons.stats)
     assert list(pool) == ["resid.1"]
     controls = build_controls(pool, chosen, seed=0)
     assert all(set(c.sites) == {"resid.1"} for c in controls.values())
-    cfg.analysis.steering.sites = "all"
-    assert steering_selection(cfg, neurons) is neurons.selection
+    everywhere = settings.with_steering(SteeringSettings(sites="all", top_fraction=None))
+    assert steering_selection(everywhere, neurons) is neurons.selection
 
 
 def test_grid_scores_and_the_pick_by_hand():
     """score = weaker direction - best control - clean drop; ties go to the smaller alpha."""
-    from memgen.analysis.intervention import best_cell, grid_scores
+    from memgen.analysis.steering.tuning import best_cell, grid_scores
 
     def rows(top, k, alpha, gen, mem, ctl_gen, ctl_mem, drop_gen, drop_mem):
         return [

@@ -18,9 +18,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 import memgen.pipeline as pipeline
-import memgen.sweeps.objective as objective_mod
+import memgen.sweeps.trials as trials_mod
 from memgen.config import ConfigError, compose
-from memgen.sweep import plan, sweep
+from memgen.sweeps.command import plan, sweep
 from memgen.sweeps.objectives import known_metric, parse_objectives
 from memgen.sweeps.pruning import OptunaPruning
 from memgen.sweeps.space import parse_space, trial_config
@@ -68,8 +68,7 @@ def children_of(runs, parent_id):
 
 def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run, tmp_path,
                                                                         monkeypatch):
-    counts = {"load_run": 0, "label_behaviors": 0, "capture": 0, "find_neurons": 0,
-              "run_steering": 0}
+    counts = {"load_run": 0, "contrast": 0, "unsteered_clean": 0, "run_steering": 0}
 
     def spy(module, name):
         real = getattr(module, name)
@@ -80,8 +79,8 @@ def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run
         monkeypatch.setattr(module, name, wrapped)
 
     spy(load, "load_run")
-    for name in ("label_behaviors", "capture", "find_neurons", "run_steering"):
-        spy(objective_mod, name)
+    for name in ("contrast", "unsteered_clean", "run_steering"):
+        spy(trials_mod, name)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a steering trial must not train")
@@ -90,8 +89,8 @@ def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run
 
     cfg = steering_cfg(model_run, tmp_path)  # two objectives: success up, clean-acc drop down
     metrics, objects = sweep(cfg)
-    assert counts == {"load_run": 1, "label_behaviors": 1, "capture": 1, "find_neurons": 1,
-                      "run_steering": 3}
+    # the model, its neurons and its unsteered clean baseline once; each trial only steers
+    assert counts == {"load_run": 1, "contrast": 1, "unsteered_clean": 1, "run_steering": 3}
     client, runs = runs_of(cfg)
     parent = client.get_run(objects["run_id"])
     children = children_of(runs, parent.info.run_id)

@@ -88,7 +88,11 @@ def test_tiny_training_run_learns_and_is_tracked(tmp_path):
                     add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
-    assert metrics["val/best_behavior_balance"] >= 0
+    # the kept checkpoint is the best validated epoch: its score is the history's maximum
+    balance = [m.value for m in client.get_metric_history(run_id, "val/behavior_balance")]
+    assert len(balance) == 4
+    assert metrics["val/best_behavior_balance"] == pytest.approx(max(balance))
+    assert run.data.tags["best_checkpoint"].endswith(".ckpt")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -122,11 +126,12 @@ def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeyp
     from types import SimpleNamespace
 
     import memgen.tracking.callbacks as callbacks
+    from memgen.settings import settings_from_config
 
-    seen_cfgs = []
+    seen_settings = []
 
-    def analysis_that_draws(cfg, *_args, **_kwargs):
-        seen_cfgs.append(cfg)
+    def analysis_that_draws(_subject, settings, *_args, **_kwargs):
+        seen_settings.append(settings)
         torch.rand(100)
         torch.manual_seed(0)  # as a careless stage might
         return SimpleNamespace()
@@ -134,7 +139,9 @@ def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeyp
     logged = []
     monkeypatch.setattr(callbacks, "analyse_model", analysis_that_draws)
     monkeypatch.setattr(callbacks, "log_analysis", lambda *a, **k: logged.append(k["step"]))
-    callback = callbacks.AnalysisCallback(compose(tiny_overrides(tmp_path)), run=None, every_n=1)
+    settings = settings_from_config(compose(tiny_overrides(tmp_path)))
+    assert settings.steering.tune is True  # the default config tunes the final analysis
+    callback = callbacks.AnalysisCallback(settings, run=None, every_n=1)
     trainer = SimpleNamespace(sanity_checking=False, current_epoch=3, global_rank=0)
     module = SimpleNamespace(model=None, tokenizer=None, task=None)
     torch.manual_seed(7)
@@ -144,4 +151,5 @@ def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeyp
     assert logged == [3]
     assert torch.equal(torch.rand(5), expected)
     # during training one configured (k, alpha) is steered: curves stay comparable by epoch
-    assert seen_cfgs[0].analysis.steering.tune is False
+    assert seen_settings[0].steering.tune is False
+    assert seen_settings[0].steering.alpha == settings.steering.alpha

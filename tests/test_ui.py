@@ -123,7 +123,7 @@ def test_a_run_gets_context_tags_previews_of_parquet_and_summaries_without_a_fak
     with tracked_run(cfg, "run") as run:
         run.log_metrics({"steer/to_gen/success": 0.5}, step=5)  # a callback's curve
         log_summary(run, {"steer/to_gen/success": 7 / 9, "claims/x/value": 1 / 3}, step=20)
-        run.log_table(pd.DataFrame({"rank": range(500), "r": np.linspace(0, 1, 500)}),
+        run.log_frame(pd.DataFrame({"rank": range(500), "r": np.linspace(0, 1, 500)}),
                       "neurons/neurons.parquet")
     client = run.client
     info = client.get_run(run.run_id)

@@ -96,9 +96,8 @@ def forward_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str
     Only the last position's logits are computed when the model allows it: capture needs none,
     and a large vocabulary times the full sequence is the biggest tensor of the pass.
     """
-    mask = batch["attention_mask"]
-    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    kwargs = {**batch, "position_ids": position_ids, "use_cache": False}
+    kwargs = {**batch, "position_ids": generation.position_ids(batch["attention_mask"]),
+              "use_cache": False}
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     return kwargs

@@ -3,12 +3,11 @@
 A raw overlap means little on its own: two top-5% selections from one model share about 5% of
 their neurons by chance. Every overlap here therefore comes with its chance level under the
 null that one set is a uniformly random subset of the universe of the same size: the
-intersection is then hypergeometric, which gives its expectation, the expected Jaccard index
-(an exact sum over the distribution, not the ratio of expectations) and the exact one-sided
-p-value P(X >= observed). The distribution is computed in log space from the ratio of
-successive probabilities, normalized by its own sum, so it needs no scipy and stays stable for
-universes of millions of neurons and sets of thousands (``log10_p_value`` keeps the evidence
-where ``p_value`` underflows to 0).
+intersection is then hypergeometric (``scipy.stats.hypergeom``), which gives its expectation,
+the expected Jaccard index (an exact sum over the distribution, not the ratio of expectations)
+and the one-sided p-value P(X >= observed), in log space so that it stays finite for universes
+of millions of neurons and sets of thousands (``log10_p_value`` keeps the evidence where
+``p_value`` underflows to 0).
 
 - ``intra_task_consistency``: split one task's pairs in two halves by conflict example, select
   top-k on each half and compare (overlap and the correlation of per-neuron r); optionally also
@@ -27,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from scipy.stats import hypergeom
 
 from memgen.analysis.behavior import Pair, split_pairs
 from memgen.analysis.neurons import NeuronSelection, SiteStats
@@ -51,36 +51,24 @@ _NAME = re.compile(r"^[\w.\-]+$")
 
 # -- the hypergeometric null -----------------------------------------------------------------
 
-def _logsumexp(x: np.ndarray) -> float:
-    m = float(x.max())
-    return m + math.log(float(np.exp(x - m).sum()))
-
-
 def hypergeom_log_pmf(universe_size: int, size_a: int, size_b: int
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """(support, natural-log pmf) of the intersection of a fixed a-set and a random b-set.
-
-    Built from P(i+1)/P(i) = (a-i)(b-i) / ((i+1)(N-a-b+i+1)) and normalized by logsumexp, so no
-    huge binomial coefficient is ever formed.
-    """
+    """(support, natural-log pmf) of the intersection of a fixed a-set and a random b-set."""
     n, a, b = universe_size, size_a, size_b
     if not (0 <= a <= n and 0 <= b <= n):
         raise ValueError(f"hypergeometric: set sizes must lie in 0..{n}, got {a} and {b}")
-    lo, hi = max(0, a + b - n), min(a, b)
-    i = np.arange(lo, hi, dtype=np.float64)
-    log_ratio = np.log(a - i) + np.log(b - i) - np.log(i + 1) - np.log(n - a - b + i + 1)
-    w = np.concatenate([[0.0], np.cumsum(log_ratio)])
-    return np.arange(lo, hi + 1), w - _logsumexp(w)
+    support = np.arange(max(0, a + b - n), min(a, b) + 1)
+    return support, hypergeom(n, a, b).logpmf(support)
 
 
 def hypergeom_log_sf(observed: int, universe_size: int, size_a: int, size_b: int) -> float:
     """Natural log of P(X >= observed) for X the intersection of random sets of these sizes."""
-    support, log_pmf = hypergeom_log_pmf(universe_size, size_a, size_b)
+    support, _ = hypergeom_log_pmf(universe_size, size_a, size_b)
     if observed <= support[0]:
         return 0.0
     if observed > support[-1]:
         return -math.inf
-    return min(0.0, _logsumexp(log_pmf[observed - support[0]:]))
+    return min(0.0, float(hypergeom(universe_size, size_a, size_b).logsf(observed - 1)))
 
 
 def expected_jaccard(universe_size: int, size_a: int, size_b: int) -> float:

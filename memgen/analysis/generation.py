@@ -35,6 +35,12 @@ def encode_prompts(tokenizer, prompts: Sequence[str], device: torch.device | str
     return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions of a left-padded batch as ``generate`` derives them from the mask: each
+    prompt starts at 0 (pads get 0), so padding never moves a token's position."""
+    return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
 def decode_new_tokens(tokenizer, ids: torch.Tensor) -> list[str]:
     """Text of generated ids, cut at the first EOS; added tokens (memorized answers) are kept."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id

@@ -40,14 +40,6 @@ class NeuronSelection:
     def __len__(self) -> int:
         return int(self.indices.numel())
 
-    def by_site(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """site -> (indices, shifts) for hooking one site at a time."""
-        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for site in dict.fromkeys(self.sites):
-            mask = torch.tensor([s == site for s in self.sites])
-            out[site] = (self.indices[mask], self.nmd[mask])
-        return out
-
     def keys(self) -> list[tuple[str, int]]:
         """Hashable ``(site, index)`` pairs, for overlap statistics."""
         return list(zip(self.sites, self.indices.tolist(), strict=True))

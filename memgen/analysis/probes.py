@@ -88,22 +88,23 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor, split: str, min_per_class: int) 
 def train_probe(
     x_train: torch.Tensor,
     y_train: torch.Tensor,
-    epochs: int = 200,
-    lr: float = 0.05,
+    max_iter: int = 200,
+    initial_step: float = 0.05,
     weight_decay: float = 1e-3,
     seed: int = 0,
 ) -> LinearProbe:
     """Fit a logistic-regression probe on ``x_train`` [N, D] and labels [N] (1=MEM, 0=GEN).
 
-    ``epochs`` caps the L-BFGS iterations, ``lr`` is its initial step (the line search adapts
-    it), ``weight_decay`` is the L2 penalty ``wd/2 * ||w||^2`` on the weights (not the bias).
+    ``max_iter`` caps the L-BFGS iterations, ``initial_step`` is its first step (the line
+    search adapts it), ``weight_decay`` is the L2 penalty ``wd/2 * ||w||^2`` on the weights
+    (not the bias).
     Zero initialization makes the result independent of ``seed``. The caller's random stream
     is left alone: probes also run inside training (callbacks), where reseeding the global RNG
     would change the training run.
     """
     _check_xy(x_train, y_train, "train", MIN_TRAIN_PER_CLASS)
-    if epochs < 1:
-        raise ValueError(f"epochs: expected >= 1, got {epochs}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter: expected >= 1, got {max_iter}")
     x = x_train.detach().float()
     y = y_train.detach().to(device=x.device, dtype=torch.float32)
     mean = x.mean(0)
@@ -114,8 +115,8 @@ def train_probe(
         probe = LinearProbe(mean, std).to(x.device)
     opt = torch.optim.LBFGS(
         probe.linear.parameters(),
-        lr=lr,
-        max_iter=epochs,
+        lr=initial_step,
+        max_iter=max_iter,
         history_size=20,
         tolerance_grad=1e-7,
         tolerance_change=1e-10,
@@ -240,8 +241,8 @@ def probe_sites(
     y_eval: torch.Tensor,
     selection: NeuronSelection | None = None,
     *,
-    epochs: int = 200,
-    lr: float = 0.05,
+    max_iter: int = 200,
+    initial_step: float = 0.05,
     weight_decay: float = 1e-3,
     shuffled_per_site: bool = True,
     seed: int = 0,
@@ -255,7 +256,8 @@ def probe_sites(
     sites = _check_sites(train_feats, eval_feats)
     _check_xy(next(iter(train_feats.values())), y_train, "train", MIN_TRAIN_PER_CLASS)
     _check_xy(next(iter(eval_feats.values())), y_eval, "eval", MIN_EVAL_PER_CLASS)
-    kw = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "seed": seed}
+    kw = {"max_iter": max_iter, "initial_step": initial_step, "weight_decay": weight_decay,
+          "seed": seed}
 
     gen = torch.Generator().manual_seed(seed)
     y_shuffled = y_train[torch.randperm(y_train.numel(), generator=gen).to(y_train.device)]

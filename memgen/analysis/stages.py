@@ -1,21 +1,18 @@
-"""The analysis stages of ``memgen run``, on any trained Hugging Face causal LM.
+"""The analysis stages of ``memgen run``, on any Hugging Face causal LM.
 
 behavior labels -> pairs -> selection / evaluation split -> activations at every site (captured
 once) -> NMD and r -> ranking and selection -> probes -> steering with controls and side
-effects -> intra-task consistency. Each stage is a function of plain objects, so the Lightning
-callbacks (``memgen.tracking.callbacks``) run the very same code during training.
+effects -> intra-task consistency. Each stage takes the :class:`Subject` (model, tokenizer,
+task) and the :class:`AnalysisSettings` and returns a typed result (``analysis/results.py``),
+so a notebook, the Lightning callbacks and the sweeps run the very same code.
 """
 
 from __future__ import annotations
 
-import copy
 import random
-from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 
 from memgen.analysis.behavior import (
     LabelledGroups,
@@ -28,162 +25,45 @@ from memgen.analysis.capture import collect_features
 from memgen.analysis.consistency import (
     IntraResult,
     PairSet,
-    inter_metrics,
     inter_task_consistency,
     intra_task_consistency,
     overlap_matrix,
     site_widths,
 )
-from memgen.analysis.controls import build_controls
 from memgen.analysis.input_baseline import input_only_accuracy
-from memgen.analysis.intervention import (
-    SteeringResult,
-    best_cell,
-    evaluate_steering,
-    grid_scores,
-    steering_grid,
-    summary_metrics,
-)
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport, check_disjoint, probe_sites
+from memgen.analysis.results import (
+    Analysis,
+    Behaviors,
+    Features,
+    InterTask,
+    Item,
+    Neurons,
+    Split,
+    SteeringTuning,
+)
+from memgen.analysis.settings import AnalysisSettings, SteeringSettings, Subject
 from memgen.analysis.sites import resolve_sites
 from memgen.analysis.stats import (
     rank_neurons,
     select_neurons,
     shuffle_control,
-    site_summary,
     stream_stats,
 )
-from memgen.tasks import Behavior, Example, Task
+from memgen.analysis.steering.controls import build_controls
+from memgen.analysis.steering.evaluation import (
+    CleanBaseline,
+    SteeringResult,
+    clean_baseline,
+    evaluate_steering,
+    summary_metrics,
+)
+from memgen.analysis.steering.tuning import best_cell, grid_scores, steering_grid
+from memgen.tasks import Behavior, Example
 
-Item = tuple[int, int]  # (group, variant)
-
-
-@dataclass
-class Split:
-    """Labelled variants of one split: examples, labels (MEM=1, GEN=0) and their row ids."""
-
-    items: list[Item]
-    examples: list[Example]
-    labels: torch.Tensor
-
-    @property
-    def behaviors(self) -> list[Behavior]:
-        return [Behavior.MEM if y else Behavior.GEN for y in self.labels.tolist()]
-
-
-@dataclass
-class Behaviors:
-    """Stage 1: every perturbation labelled, the differing pairs, and the two splits."""
-
-    labelled: LabelledGroups
-    pairs: list[Pair]
-    selection: Split
-    evaluation: Split
-    selection_pairs: list[Pair]
-    evaluation_pairs: list[Pair]
-
-    def metrics(self) -> dict[str, float]:
-        counts = self.labelled.counts()
-        n = max(1, counts["n_variants"])
-        return {
-            "behavior/n_examples": counts["n_examples"],
-            "behavior/n_variants": counts["n_variants"],
-            "behavior/mem_rate": counts["n_mem"] / n,
-            "behavior/gen_rate": counts["n_gen"] / n,
-            "behavior/other_rate": counts["n_other"] / n,
-            "pairs/n": len(self.pairs),
-            "pairs/n_examples_with_pairs": len({p.group for p in self.pairs}),
-            "pairs/n_selection_items": len(self.selection.items),
-            "pairs/n_evaluation_items": len(self.evaluation.items),
-        }
-
-
-@dataclass
-class Neurons:
-    """Stage 2: per-site statistics on the selection split, the ranking and the selection."""
-
-    stats: dict[str, SiteStats]
-    table: pd.DataFrame
-    selection: NeuronSelection
-    chance: dict[str, Any]
-
-    def metrics(self) -> dict[str, float]:
-        out = site_summary(self.stats)
-        out["neurons/n_total"] = float(len(self.table))
-        out["neurons/n_selected"] = float(len(self.selection))
-        out["neurons/max_abs_r"] = float(self.table["abs_r"].max())
-        out["neurons/selected_min_abs_r"] = float(self.selection.r.abs().min())
-        out["neurons/chance_max_abs_r_q95"] = self.chance["max_abs_r_q"]
-        out["neurons/chance_abs_r_q95"] = self.chance["abs_r_q"]
-        return out
-
-
-@dataclass
-class Features:
-    """Last-prompt-token activations of every labelled item, captured once per checkpoint."""
-
-    by_item: dict[Item, int]
-    values: dict[str, torch.Tensor]  # site -> [N, D]
-    labels: torch.Tensor  # [N]
-
-    def take(self, items: list[Item]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        rows = torch.tensor([self.by_item[it] for it in items], dtype=torch.long)
-        return {s: v[rows] for s, v in self.values.items()}, self.labels[rows]
-
-
-@dataclass
-class InterTask:
-    """Stage 6 (mixtures): each sub-task's neurons on one shared model, compared."""
-
-    selections: dict[str, NeuronSelection]
-    jaccard: pd.DataFrame  # task x task
-    expected: pd.DataFrame  # chance jaccard, same shape
-    cross_steering: pd.DataFrame  # rows: source task, target task, direction, success, n
-
-    def metrics(self, overlaps) -> dict[str, float]:
-        out = inter_metrics(overlaps)
-        for row in self.cross_steering.itertuples(index=False):
-            out[f"steer/cross/{row.source}_to_{row.target}/{row.direction}/success"] = row.success
-        return out
-
-
-@dataclass
-class SteeringTuning:
-    """The (top_fraction, alpha) picked on the selection split, and every cell's score."""
-
-    best: pd.Series  # the picked row of ``scores``
-    scores: pd.DataFrame  # top, k, alpha, min_success, max_control_success, clean_acc_drop
-
-    @property
-    def top_fraction(self) -> float:
-        return float(self.best["top"])
-
-    @property
-    def alpha(self) -> float:
-        return float(self.best["alpha"])
-
-    def metrics(self) -> dict[str, float]:
-        return {"steer/tuned/top_fraction": self.top_fraction, "steer/tuned/alpha": self.alpha,
-                "steer/tuned/k": float(self.best["k"]),
-                "steer/tuned/score": float(self.best["score"])}
-
-
-@dataclass
-class Analysis:
-    """Everything the stages produced; ``summary()`` is what ``memgen run`` prints."""
-
-    behaviors: Behaviors
-    neurons: Neurons | None = None
-    probes: ProbeReport | None = None
-    steering: SteeringResult | None = None
-    grid: pd.DataFrame | None = None
-    tuning: SteeringTuning | None = None
-    consistency: IntraResult | None = None
-    transfer: SteeringResult | None = None  # half B's neurons steering half A's items
-    inter: InterTask | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why
+__all__ = ["Analysis", "Behaviors", "Features", "InterTask", "Neurons", "NoPairsError", "Split",
+           "SteeringTuning", "analyse_model", "contrast"]
 
 
 # -- stage 1: behaviors, pairs, splits ----------------------------------------------------------
@@ -198,7 +78,7 @@ def _split(labelled: LabelledGroups, items: list[Item]) -> Split:
 
 
 def _group_items(labelled: LabelledGroups, groups: list[int]) -> list[Item]:
-    """All MEM/GEN variants of the given groups (``analysis.use_pairs=false``)."""
+    """All MEM/GEN variants of the given groups (``use_pairs=False``)."""
     return [(g, k) for g in groups for k, lab in enumerate(labelled.labels[g])
             if lab in (Behavior.MEM, Behavior.GEN)]
 
@@ -207,26 +87,27 @@ class NoPairsError(ValueError):
     """The model never showed both behaviors on one example: nothing to contrast."""
 
 
-def label_conflict_set(cfg: DictConfig, model, tokenizer, task: Task,
+def label_conflict_set(subject: Subject, settings: AnalysisSettings,
                        stream: str = "perturb") -> LabelledGroups:
     """Generate on every perturbation (drawn from ``stream``) of the conflict set and label."""
-    conflict = task.conflict_examples(cfg.task.n_conflict)
-    groups = task.perturbation_set(conflict, cfg.task.n_perturbations, stream=stream)
-    return label_perturbation_groups(model, tokenizer, task, groups, cfg.task.max_new_tokens,
-                                     cfg.analysis.batch_size, cfg.trainer.num_beams)
+    task, d = subject.task, settings.decoding
+    conflict = task.conflict_examples(settings.n_conflict)
+    groups = task.perturbation_set(conflict, settings.n_perturbations, stream=stream)
+    return label_perturbation_groups(subject.model, subject.tokenizer, task, groups,
+                                     d.max_new_tokens, d.batch_size, d.num_beams)
 
 
-def label_behaviors(cfg: DictConfig, model, tokenizer, task: Task,
+def label_behaviors(subject: Subject, settings: AnalysisSettings,
                     allow_no_pairs: bool = False) -> Behaviors:
     """Generate on every perturbation of the conflict set, label, pair and split by example."""
-    labelled = label_conflict_set(cfg, model, tokenizer, task)
+    labelled = label_conflict_set(subject, settings)
     groups = labelled.groups
     pairs = find_pairs(labelled)
-    fraction, seed = cfg.analysis.selection_fraction, cfg.seed
-    if allow_no_pairs and len({p.group for p in pairs}) < 2 and cfg.analysis.use_pairs:
+    fraction, seed = settings.selection_fraction, settings.seed
+    if allow_no_pairs and len({p.group for p in pairs}) < 2 and settings.use_pairs:
         empty = _split(labelled, [])
         return Behaviors(labelled, pairs, empty, empty, [], [])
-    if cfg.analysis.use_pairs:
+    if settings.use_pairs:
         sel_pairs, eval_pairs = split_pairs(pairs, fraction, seed)
         sel_items, eval_items = _items_of_pairs(sel_pairs), _items_of_pairs(eval_pairs)
     else:
@@ -241,45 +122,67 @@ def label_behaviors(cfg: DictConfig, model, tokenizer, task: Task,
                      sel_pairs, eval_pairs)
 
 
-def capture_split(cfg: DictConfig, model, tokenizer, split: Split) -> Features:
+def capture_split(subject: Subject, settings: AnalysisSettings, split: Split) -> Features:
     """One forward pass per item of ``split`` at every analysed site."""
-    sites = resolve_sites(model, list(cfg.analysis.sites))
-    values = collect_features(model, tokenizer, [ex.prompt for ex in split.examples], sites,
-                              cfg.analysis.batch_size)
+    sites = resolve_sites(subject.model, list(settings.sites))
+    values = collect_features(subject.model, subject.tokenizer,
+                              [ex.prompt for ex in split.examples], sites,
+                              settings.decoding.batch_size)
     return Features({it: row for row, it in enumerate(split.items)}, values, split.labels)
 
 
-def capture(cfg: DictConfig, model, tokenizer, behaviors: Behaviors) -> Features:
+def capture(subject: Subject, settings: AnalysisSettings, behaviors: Behaviors) -> Features:
     """The selection and evaluation items' activations, captured once."""
     sel, ev = behaviors.selection, behaviors.evaluation
     both = Split(sel.items + ev.items, sel.examples + ev.examples,
                  torch.cat([sel.labels, ev.labels]))
-    return capture_split(cfg, model, tokenizer, both)
+    return capture_split(subject, settings, both)
 
 
 # -- stage 2: neurons -------------------------------------------------------------------------
 
-def find_neurons(cfg: DictConfig, features: Features, split: Split) -> Neurons:
+def find_neurons(settings: AnalysisSettings, features: Features, split: Split) -> Neurons:
     """NMD, r, global ranking and the top-k selection on the selection split only."""
     x, y = features.take(split.items)
     stats = stream_stats([(x, y)])
     table = rank_neurons(stats)
-    selection = select_neurons(stats, top_k=cfg.analysis.top_k,
-                               top_fraction=cfg.analysis.top_fraction)
-    chance = shuffle_control(x, y, max(1, cfg.analysis.n_shuffles), seed=cfg.seed)
+    selection = select_neurons(stats, top_k=settings.top_k, top_fraction=settings.top_fraction)
+    chance = shuffle_control(x, y, max(1, settings.n_shuffles), seed=settings.seed)
     return Neurons(stats, table, selection, chance)
+
+
+def _no_pairs_reason(behaviors: Behaviors) -> str:
+    return (f"{len({p.group for p in behaviors.pairs})} conflict examples got MEM on one "
+            f"perturbation and GEN on another (need >= 2): train longer, change the seed, "
+            f"or set analysis.use_pairs=false")
+
+
+def contrast(subject: Subject, settings: AnalysisSettings, allow_no_pairs: bool = False
+             ) -> tuple[Behaviors, Features | None, Neurons | None]:
+    """Stages 1-2, the part every later stage builds on: behaviors, the items' activations
+    and the neurons. Without pairs, ``allow_no_pairs`` returns the behaviors alone (features
+    and neurons None); otherwise :class:`NoPairsError`."""
+    subject.model.eval()
+    behaviors = label_behaviors(subject, settings, allow_no_pairs)
+    if not behaviors.selection.items or not behaviors.evaluation.items:
+        if allow_no_pairs:
+            return behaviors, None, None
+        raise NoPairsError(f"no pairs: {_no_pairs_reason(behaviors)}")
+    features = capture(subject, settings, behaviors)
+    return behaviors, features, find_neurons(settings, features, behaviors.selection)
 
 
 # -- stage 3: probes --------------------------------------------------------------------------
 
-def run_probes(cfg: DictConfig, features: Features, behaviors: Behaviors,
+def run_probes(settings: AnalysisSettings, features: Features, behaviors: Behaviors,
                selection: NeuronSelection | None, tokenizer=None) -> ProbeReport:
     """A probe per site trained on the selection split, scored on the evaluation split; with
     the tokenizer, the input-only baseline is a probe on the whole prompt's tokens."""
     x_train, y_train = features.take(behaviors.selection.items)
     x_eval, y_eval = features.take(behaviors.evaluation.items)
-    p = cfg.analysis.probe
-    kw = {"epochs": p.epochs, "lr": p.lr, "weight_decay": p.weight_decay, "seed": cfg.seed}
+    p = settings.probe
+    kw = {"max_iter": p.max_iter, "initial_step": p.initial_step,
+          "weight_decay": p.weight_decay, "seed": settings.seed}
     report = probe_sites(x_train, y_train, x_eval, y_eval, selection, **kw)
     if tokenizer is not None:
         sel, ev = behaviors.selection, behaviors.evaluation
@@ -311,79 +214,80 @@ def steering_sites(spec: str, analysed: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def steering_stats(cfg: DictConfig, stats: dict[str, SiteStats]) -> dict[str, SiteStats]:
+def steering_stats(steering: SteeringSettings, stats: dict[str, SiteStats]
+                   ) -> dict[str, SiteStats]:
     """The statistics of the steerable sites: the pool for the selection and the controls."""
-    keep = steering_sites(cfg.analysis.steering.sites, list(stats))
+    keep = steering_sites(steering.sites, list(stats))
     return {site: stats[site] for site in keep}
 
 
-def select_for_steering(cfg: DictConfig, stats: dict[str, SiteStats]) -> NeuronSelection:
-    """``analysis.steering.top_k/top_fraction`` (else the analysis selection's) among the
-    steerable sites."""
-    s = cfg.analysis.steering
+def select_for_steering(settings: AnalysisSettings, stats: dict[str, SiteStats]
+                        ) -> NeuronSelection:
+    """``steering.top_k/top_fraction`` (else the analysis selection's) among the steerable
+    sites."""
+    s = settings.steering
     if s.top_k is None and s.top_fraction is None:
-        top_k, top_fraction = cfg.analysis.top_k, cfg.analysis.top_fraction
+        top_k, top_fraction = settings.top_k, settings.top_fraction
     else:
         top_k, top_fraction = s.top_k, s.top_fraction
-    return select_neurons(steering_stats(cfg, stats), top_k=top_k, top_fraction=top_fraction)
+    return select_neurons(steering_stats(s, stats), top_k=top_k, top_fraction=top_fraction)
 
 
-def steering_selection(cfg: DictConfig, neurons: Neurons) -> NeuronSelection:
+def steering_selection(settings: AnalysisSettings, neurons: Neurons) -> NeuronSelection:
     """The neurons steered (the analysis selection itself when nothing narrows it)."""
-    s = cfg.analysis.steering
+    s = settings.steering
     if s.sites == "all" and s.top_k is None and s.top_fraction is None:
         return neurons.selection
-    return select_for_steering(cfg, neurons.stats)
+    return select_for_steering(settings, neurons.stats)
 
 
-def tune_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons,
-                  split: Split, clean: list[Example]) -> SteeringTuning:
+def unsteered_clean(subject: Subject, settings: AnalysisSettings,
+                    clean: list[Example]) -> CleanBaseline | None:
+    """The clean inputs' unsteered accuracy and log-probs: computed once per model, shared by
+    tuning, the held-out steering and the grid (None without clean inputs)."""
+    return clean_baseline(subject, clean, settings.decoding) if clean else None
+
+
+def tune_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
+                  clean: list[Example], baseline: CleanBaseline | None = None
+                  ) -> SteeringTuning:
     """Score ``tune_top_fraction`` x ``tune_alpha`` on the selection split (``grid_scores``)
     and pick the best cell within the control / clean-drop budget (``best_cell``), so the
     evaluation split is steered once, at a setting it did not choose."""
-    s = cfg.analysis.steering
-    scores = grid_scores(run_grid(cfg, model, tokenizer, task, neurons, split, clean,
-                                  s.tune_top_fraction, s.tune_alpha))
+    s = settings.steering
+    scores = grid_scores(run_grid(subject, settings, neurons, split, clean, s.tune_top_fraction,
+                                  s.tune_alpha, baseline=baseline))
     return SteeringTuning(best_cell(scores, s.tune_max_control, s.tune_max_clean_drop), scores)
 
 
-def with_tuning(cfg: DictConfig, tuning: SteeringTuning) -> DictConfig:
-    """A copy of ``cfg`` that steers at the tuned (top_fraction, alpha)."""
-    out = copy.deepcopy(cfg)
-    out.analysis.steering.top_k = None
-    out.analysis.steering.top_fraction = tuning.top_fraction
-    out.analysis.steering.alpha = tuning.alpha
-    return out
+def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
+                 clean: list[Example], baseline: CleanBaseline | None = None
+                 ) -> SteeringResult:
+    """Steer ``split`` at the set (k, alpha), next to every control."""
+    s = settings.steering
+    selection = steering_selection(settings, neurons)
+    controls = build_controls(steering_stats(s, neurons.stats), selection, settings.seed,
+                              s.controls)
+    return evaluate_steering(subject, split.examples, split.behaviors, selection, s.alpha,
+                             controls, decoding=settings.decoding, clean_examples=clean,
+                             baseline=baseline, last_prompt_only=s.last_prompt_only)
 
 
-def run_steering(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons,
-                 split: Split, clean: list[Example]) -> SteeringResult:
-    """Steer the evaluation split at the configured (k, alpha), next to every control."""
-    s = cfg.analysis.steering
-    selection = steering_selection(cfg, neurons)
-    controls = build_controls(steering_stats(cfg, neurons.stats), selection, cfg.seed,
-                              tuple(s.controls))
-    return evaluate_steering(model, tokenizer, task, split.examples, split.behaviors, selection,
-                             s.alpha, cfg.task.max_new_tokens, cfg.analysis.batch_size, controls,
-                             clean_examples=clean, num_beams=cfg.trainer.num_beams,
-                             last_prompt_only=s.last_prompt_only)
-
-
-def run_grid(cfg: DictConfig, model, tokenizer, task: Task, neurons: Neurons, split: Split,
-             clean: list[Example], top_fractions: list[float] | None = None,
-             alphas: list[float] | None = None) -> pd.DataFrame:
+def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
+             clean: list[Example], top_fractions: tuple[float, ...] | None = None,
+             alphas: tuple[float, ...] | None = None,
+             baseline: CleanBaseline | None = None) -> pd.DataFrame:
     """Success and side effects over ``grid_top_fraction`` x ``grid_alpha`` (or the given
     fractions and alphas) on ``split``, among the steerable sites."""
-    s = cfg.analysis.steering
-    return steering_grid(model, tokenizer, task, split.examples, split.behaviors,
-                         steering_stats(cfg, neurons.stats),
+    s = settings.steering
+    return steering_grid(subject, split.examples, split.behaviors,
+                         steering_stats(s, neurons.stats),
                          list(top_fractions if top_fractions is not None
                               else s.grid_top_fraction),
                          list(alphas if alphas is not None else s.grid_alpha),
-                         control_names=tuple(s.controls), clean_examples=clean,
-                         max_new_tokens=cfg.task.max_new_tokens,
-                         batch_size=cfg.analysis.batch_size, seed=cfg.seed,
-                         num_beams=cfg.trainer.num_beams, last_prompt_only=s.last_prompt_only)
+                         control_names=s.controls, clean_examples=clean, baseline=baseline,
+                         decoding=settings.decoding, seed=settings.seed,
+                         last_prompt_only=s.last_prompt_only)
 
 
 # -- stage 5: consistency ---------------------------------------------------------------------
@@ -395,34 +299,33 @@ def _stats_fn(features: Features):
     return stats_of
 
 
-def seed_pair_sets(cfg: DictConfig, model, tokenizer, task: Task
+def seed_pair_sets(subject: Subject, settings: AnalysisSettings
                    ) -> tuple[dict[str, PairSet], dict[str, str]]:
-    """Pairs from the conflict set perturbed with each of ``analysis.consistency_seeds``.
+    """Pairs from the conflict set perturbed with each of ``consistency_seeds``.
 
     Each seed draws new variants of the same conflict examples, so its pairs are a different
     data sample of the task on the same model. Returns the sets, and why any seed was skipped.
     """
     sets, skipped = {}, {}
-    for seed in cfg.analysis.consistency_seeds:
+    for seed in settings.consistency_seeds:
         name = f"perturb_seed{seed}"
-        labelled = label_conflict_set(cfg, model, tokenizer, task, stream=f"perturb:{seed}")
+        labelled = label_conflict_set(subject, settings, stream=f"perturb:{seed}")
         pairs = find_pairs(labelled)
         if len({p.group for p in pairs}) < 2:
             skipped[name] = f"{len(pairs)} pairs: too few to select neurons on"
             continue
-        features = capture_split(cfg, model, tokenizer,
-                                 _split(labelled, _items_of_pairs(pairs)))
+        features = capture_split(subject, settings, _split(labelled, _items_of_pairs(pairs)))
         sets[name] = PairSet(pairs, _stats_fn(features))
     return sets, skipped
 
 
-def run_consistency(cfg: DictConfig, features: Features, behaviors: Behaviors,
+def run_consistency(settings: AnalysisSettings, features: Features, behaviors: Behaviors,
                     extra_pair_sets: dict[str, PairSet] | None = None) -> IntraResult:
     """Neurons selected independently on disjoint halves of all pairs (and on the pairs of
     other perturbation seeds), against chance."""
     pairs = behaviors.selection_pairs + behaviors.evaluation_pairs
-    return intra_task_consistency(_stats_fn(features), pairs, top_k=cfg.analysis.top_k,
-                                  top_fraction=cfg.analysis.top_fraction, seed=cfg.seed,
+    return intra_task_consistency(_stats_fn(features), pairs, top_k=settings.top_k,
+                                  top_fraction=settings.top_fraction, seed=settings.seed,
                                   extra_pair_sets=extra_pair_sets)
 
 
@@ -432,7 +335,7 @@ def transfer_metrics(result: SteeringResult) -> dict[str, float]:
             for key, value in summary_metrics(result).items() if key.startswith("steer/")}
 
 
-def run_transfer(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
+def run_transfer(subject: Subject, settings: AnalysisSettings, features: Features,
                  behaviors: Behaviors, intra: IntraResult) -> SteeringResult:
     """The steered neurons (steering sites and k), selected on half B of the pairs, steer half
     A's items next to the controls (built from half B's statistics): the selection generalizes
@@ -443,22 +346,21 @@ def run_transfer(cfg: DictConfig, model, tokenizer, task: Task, features: Featur
     """
     half_a, half_b = intra.halves
     stats_b = _stats_fn(features)(half_b)
-    selection = select_for_steering(cfg, stats_b)  # the steered neurons, chosen on half B
-    s = cfg.analysis.steering
-    controls = build_controls(steering_stats(cfg, stats_b), selection, cfg.seed,
-                              tuple(s.controls))
+    selection = select_for_steering(settings, stats_b)  # the steered neurons, chosen on half B
+    s = settings.steering
+    controls = build_controls(steering_stats(s, stats_b), selection, settings.seed, s.controls)
     target = _split(behaviors.labelled, _items_of_pairs(half_a))
-    return evaluate_steering(model, tokenizer, task, target.examples, target.behaviors,
-                             selection, s.alpha, cfg.task.max_new_tokens,
-                             cfg.analysis.batch_size, controls, num_beams=cfg.trainer.num_beams,
+    return evaluate_steering(subject, target.examples, target.behaviors, selection, s.alpha,
+                             controls, decoding=settings.decoding,
                              last_prompt_only=s.last_prompt_only)
 
 
-def run_inter_task(cfg: DictConfig, model, tokenizer, task: Task, features: Features,
+def run_inter_task(subject: Subject, settings: AnalysisSettings, features: Features,
                    behaviors: Behaviors) -> tuple[InterTask, dict[str, float]]:
     """Per sub-task selections on the shared model, their overlap against chance, and
     cross-task steering: neurons selected on task A (by the steering rule: sites, k, alpha)
     steer task B's evaluation items."""
+    task = subject.task
     names = list(getattr(task, "subtasks", {}))
     if len(names) < 2:
         raise ValueError(f"inter-task consistency needs a task=mixture of >= 2 tasks that share "
@@ -478,22 +380,22 @@ def run_inter_task(cfg: DictConfig, model, tokenizer, task: Task, features: Feat
     if len(stats_by_task) < 2:
         raise ValueError(f"inter-task consistency: only {sorted(stats_by_task)} showed both "
                          f"behaviors; need >= 2 sub-tasks with pairs")
-    a = cfg.analysis
-    selections = {name: select_neurons(st, top_k=a.top_k, top_fraction=a.top_fraction)
+    selections = {name: select_neurons(st, top_k=settings.top_k,
+                                       top_fraction=settings.top_fraction)
                   for name, st in stats_by_task.items()}
     jaccard, overlaps = inter_task_consistency(
         selections, universes={n: site_widths(st) for n, st in stats_by_task.items()})
     expected = overlap_matrix(list(selections), overlaps, "expected_jaccard")
+    s = settings.steering
     rows = []
     for source, stats in stats_by_task.items():
-        selection = select_for_steering(cfg, stats)  # the steering rule: sites, k, alpha
+        selection = select_for_steering(settings, stats)  # the steering rule: sites, k, alpha
         for target, split in evaluation.items():
             if not split.items:
                 continue
-            result = evaluate_steering(model, tokenizer, task, split.examples, split.behaviors,
-                                       selection, a.steering.alpha, cfg.task.max_new_tokens,
-                                       a.batch_size, num_beams=cfg.trainer.num_beams,
-                                       last_prompt_only=a.steering.last_prompt_only)
+            result = evaluate_steering(subject, split.examples, split.behaviors, selection,
+                                       s.alpha, decoding=settings.decoding,
+                                       last_prompt_only=s.last_prompt_only)
             for direction, t in result.selected.items():
                 rows.append({"source": source, "target": target, "direction": direction,
                              "success": t.success, "n": t.n})
@@ -501,65 +403,64 @@ def run_inter_task(cfg: DictConfig, model, tokenizer, task: Task, features: Feat
     return inter, inter.metrics(overlaps)
 
 
-def analyse_model(cfg: DictConfig, model, tokenizer, task: Task,
-                  stages: tuple[str, ...] = ("neurons", "probes", "steering", "grid",
-                                             "consistency"),
-                  allow_no_pairs: bool = False) -> Analysis:
+# -- all stages -------------------------------------------------------------------------------
+
+STAGES = ("neurons", "probes", "steering", "grid", "consistency")
+
+
+def analyse_model(subject: Subject, settings: AnalysisSettings,
+                  stages: tuple[str, ...] = STAGES, allow_no_pairs: bool = False) -> Analysis:
     """Run the requested stages on one model; no tracking (the caller logs).
 
     Without pairs there is nothing to contrast: ``allow_no_pairs`` (used during training, when
     the model may not show both behaviors yet) returns the behavior counts alone.
     """
-    model.eval()
-    behaviors = label_behaviors(cfg, model, tokenizer, task, allow_no_pairs)
+    behaviors, features, neurons = contrast(subject, settings, allow_no_pairs)
     result = Analysis(behaviors=behaviors, metrics=behaviors.metrics())
-    if not behaviors.selection.items or not behaviors.evaluation.items:
-        reason = (f"{len({p.group for p in behaviors.pairs})} conflict examples got MEM on one "
-                  f"perturbation and GEN on another (need >= 2): train longer, change the seed, "
-                  f"or set analysis.use_pairs=false")
-        if allow_no_pairs:
-            result.skipped = {stage: reason for stage in stages}
-            return result
-        raise NoPairsError(f"no pairs: {reason}")
-    features = capture(cfg, model, tokenizer, behaviors)
-    neurons = find_neurons(cfg, features, behaviors.selection)
+    if features is None or neurons is None:
+        result.skipped = {stage: _no_pairs_reason(behaviors) for stage in stages}
+        return result
     result.neurons = neurons
     result.metrics |= neurons.metrics()
     if "probes" in stages:
         try:
-            result.probes = run_probes(cfg, features, behaviors, neurons.selection, tokenizer)
+            result.probes = run_probes(settings, features, behaviors, neurons.selection,
+                                       subject.tokenizer)
             result.metrics |= result.probes.metrics()
         except ValueError as exc:  # a split too small to fit a probe: the rest still stands
             result.skipped["probes"] = str(exc)
-    clean = task.clean_examples()
-    steer_cfg = cfg  # the tuned (top_fraction, alpha) also steer the transfer below
+    clean = subject.task.clean_examples()
+    baseline = (unsteered_clean(subject, settings, clean)
+                if "steering" in stages or "grid" in stages else None)
+    steered = settings  # the tuned (top_fraction, alpha) also steer the transfer below
     if "steering" in stages:
-        if cfg.analysis.steering.tune:
-            result.tuning = tune_steering(cfg, model, tokenizer, task, neurons,
-                                          behaviors.selection, clean)
+        if settings.steering.tune:
+            result.tuning = tune_steering(subject, settings, neurons, behaviors.selection, clean,
+                                          baseline)
             result.metrics |= result.tuning.metrics()
-            steer_cfg = with_tuning(cfg, result.tuning)
-        result.steering = run_steering(steer_cfg, model, tokenizer, task, neurons,
-                                       behaviors.evaluation, clean)
+            steered = settings.with_steering(
+                settings.steering.at(result.tuning.top_fraction, result.tuning.alpha))
+        result.steering = run_steering(subject, steered, neurons, behaviors.evaluation, clean,
+                                       baseline)
         result.metrics |= summary_metrics(result.steering)
     if "grid" in stages:
-        result.grid = run_grid(cfg, model, tokenizer, task, neurons, behaviors.evaluation, clean)
-    if "consistency" in stages and cfg.analysis.consistency and cfg.analysis.use_pairs:
-        extra, skipped_seeds = seed_pair_sets(cfg, model, tokenizer, task)
+        result.grid = run_grid(subject, settings, neurons, behaviors.evaluation, clean,
+                               baseline=baseline)
+    if "consistency" in stages and settings.consistency and settings.use_pairs:
+        extra, skipped_seeds = seed_pair_sets(subject, settings)
         result.skipped |= {f"consistency/{name}": why for name, why in skipped_seeds.items()}
         try:
-            result.consistency = run_consistency(cfg, features, behaviors, extra)
+            result.consistency = run_consistency(settings, features, behaviors, extra)
             result.metrics |= result.consistency.to_metrics()
         except ValueError as exc:  # too few pairs to halve: the other stages still stand
             result.skipped["consistency"] = str(exc)
-        if result.consistency is not None and cfg.analysis.consistency_transfer:
-            result.transfer = run_transfer(steer_cfg, model, tokenizer, task, features,
-                                           behaviors, result.consistency)
+        if result.consistency is not None and settings.consistency_transfer:
+            result.transfer = run_transfer(subject, steered, features, behaviors,
+                                           result.consistency)
             result.metrics |= transfer_metrics(result.transfer)
-    if "consistency" in stages and cfg.analysis.consistency and hasattr(task, "subtasks"):
+    if "consistency" in stages and settings.consistency and hasattr(subject.task, "subtasks"):
         try:
-            result.inter, inter_metrics_ = run_inter_task(steer_cfg, model, tokenizer, task,
-                                                          features, behaviors)
+            result.inter, inter_metrics_ = run_inter_task(subject, steered, features, behaviors)
             result.metrics |= inter_metrics_
         except ValueError as exc:
             result.skipped["inter_task"] = str(exc)

@@ -77,7 +77,7 @@ def run_seeds(job: SeedJob) -> None:
     """A worker: each of its seeds as one ``memgen run`` child; a failing seed is recorded
     (its child ends FAILED) and the next one goes on. Ctrl-C stops the worker."""
     from memgen import pipeline  # noqa: PLC0415 - Lightning only where training happens
-    from memgen.sweeps.objective import failed_child  # noqa: PLC0415
+    from memgen.sweeps.trials import failed_child  # noqa: PLC0415
 
     for seed in job.seeds:
         cfg = seed_config(job.base, seed)

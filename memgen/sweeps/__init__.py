@@ -1,4 +1,8 @@
-"""The pieces of ``memgen sweep``: search space, metric names, storage, objectives, workers.
+"""``memgen sweep``: an Optuna study over config keys, one MLflow parent run, a child per trial.
 
-``memgen.sweep.sweep`` ties them together; each module here is small enough to read alone.
+- ``command``: the command itself (plan, checks, the parent run, the workers' results);
+- ``space``: ``sweep.space`` parsed and sampled; ``objectives``: which metrics, which direction;
+- ``trials``: one trial = one child run, and the evaluators that score it (steer a trained
+  model, or retrain and prune);
+- ``worker`` / ``storage``: parallel workers over one Optuna storage; ``pruning``; ``report``.
 """

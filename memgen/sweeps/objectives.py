@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.analysis.controls import CONTROL_NAMES
-from memgen.analysis.intervention import (
+from memgen.analysis.steering.controls import CONTROL_NAMES
+from memgen.analysis.steering.evaluation import (
     SideEffects,
     SteeringResult,
     Transitions,
     summary_metrics,
 )
-from memgen.analysis.steering import DIRECTIONS
+from memgen.analysis.steering.hooks import DIRECTIONS
 from memgen.config import ConfigError
 
 DIRECTIONS_OPT = ("maximize", "minimize")

@@ -61,7 +61,7 @@ def log_study(parent: TrackedRun, study: optuna.Study, objectives: Sequence[Obje
                "sweep/n_pruned": float(counts[State.PRUNED]),
                "sweep/n_failed": float(counts[State.FAIL])}
     table = trials_table(study, objectives)
-    parent.log_table(table, "sweep/trials.csv")
+    parent.log_frame(table, "sweep/trials.csv")
     names = [o.metric for o in objectives]
     lines = [f"study {study.study_name}: {len(trials)} trials, {counts[State.COMPLETE]} complete, "
              f"{counts[State.PRUNED]} pruned, {counts[State.FAIL]} failed"]
@@ -79,7 +79,7 @@ def log_study(parent: TrackedRun, study: optuna.Study, objectives: Sequence[Obje
     elif counts[State.COMPLETE]:
         pareto = sorted(study.best_trials, key=lambda t: t.number)
         numbers = {t.number for t in pareto}
-        parent.log_table(table[table["number"].isin(numbers)], "sweep/pareto.csv")
+        parent.log_frame(table[table["number"].isin(numbers)], "sweep/pareto.csv")
         parent.set_tags({"pareto/trials": ",".join(str(n) for n in sorted(numbers))})
         metrics["sweep/n_pareto"] = float(len(pareto))
         for i, o in enumerate(objectives):  # each objective's best over the front

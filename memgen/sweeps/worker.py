@@ -20,10 +20,10 @@ import optuna
 import torch
 
 from memgen.config import ConfigError, to_schema
-from memgen.sweeps.objective import SteeringEvaluator, TrainingEvaluator, TrialObjective
 from memgen.sweeps.objectives import Objective
 from memgen.sweeps.space import Param
 from memgen.sweeps.storage import make_pruner, make_sampler, open_storage
+from memgen.sweeps.trials import SteeringEvaluator, TrainingEvaluator, TrialObjective
 
 
 @dataclass

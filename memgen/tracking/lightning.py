@@ -40,10 +40,9 @@ class RunLogger(MLFlowLogger):
     def log_hyperparams(self, params) -> None:
         super().log_hyperparams(params)
 
-    @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        if self._checkpoint_callback is not None and self._log_model:
-            self._scan_and_log_checkpoints(self._checkpoint_callback)
+        """Nothing: MLFlowLogger's would end the run (``tracked_run`` does, after the
+        analysis) and log checkpoints (``make_logger`` turns that off; memgen logs them)."""
 
 
 class WholeCheckpoint(ModelCheckpoint):

@@ -25,7 +25,7 @@ from memgen.tracking.run import TrackedRun  # noqa: E402
 def log_scorecard(run: TrackedRun, rows: list[ClaimResult], step: int | None = None) -> None:
     """``claims.csv`` and ``claims/<name>/pass`` / ``value`` on a single run (rounded, and
     without a step unless a curve of them exists)."""
-    run.log_table(pd.DataFrame([r.row() for r in rows]), "claims.csv")
+    run.log_frame(pd.DataFrame([r.row() for r in rows]), "claims.csv")
     log_summary(run, claim_metrics(rows), step=step)
 
 
@@ -60,10 +60,10 @@ def log_replicate(parent: TrackedRun, result) -> None:
     """Parent metrics, tables (aggregates, per seed, claims) and one figure per claim."""
     parent.log_metrics(result.metrics)
     if result.aggregates is not None:
-        parent.log_table(result.aggregates, "replicate/aggregates.csv")
-        parent.log_table(result.per_seed, "replicate/per_seed.csv")
-    parent.log_table(result.claims_long, "claims.csv")
-    parent.log_table(result.claims_summary, "claims_summary.csv")
+        parent.log_frame(result.aggregates, "replicate/aggregates.csv")
+        parent.log_frame(result.per_seed, "replicate/per_seed.csv")
+    parent.log_frame(result.claims_long, "claims.csv")
+    parent.log_frame(result.claims_summary, "claims_summary.csv")
     pngs = {}
     for row in result.claims_summary.itertuples(index=False):
         pngs[f"claims/{row.claim}.png"] = parent.log_figure(

@@ -1,4 +1,4 @@
-"""Logging an :class:`~memgen.analyse.Analysis` to MLflow, and the text summary of a run.
+"""Logging an :class:`~memgen.analysis.results.Analysis` to MLflow, and the text summary of a run.
 
 Summaries go to metrics; per-neuron and per-item data go to table artifacts; figures as PNG.
 With ``step`` (a training epoch, from a callback) only metrics are logged, so curves show how
@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from memgen.analysis.stages import Analysis
+from memgen.analysis.results import Analysis
 from memgen.replicates.claims import ClaimResult
 from memgen.tracking import html_report
 from memgen.tracking.consistency_plots import overlap_matrix_figure
@@ -25,8 +25,9 @@ from memgen.tracking.run import TrackedRun
 from memgen.tracking.steering_plots import success_vs_alpha
 
 
-def finite(metrics: dict[str, float]) -> dict[str, float]:
-    """MLflow rejects NaN in some stores: keep finite numbers only."""
+def finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    """MLflow rejects NaN in some stores (e.g. a direction with no item to steer): keep finite
+    numbers only."""
     return {k: float(v) for k, v in metrics.items()
             if v is not None and math.isfinite(float(v))}
 
@@ -64,42 +65,42 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
             for g, group in enumerate(b.labelled.groups) for k, ex in enumerate(group)]
     import pandas as pd  # noqa: PLC0415
 
-    run.log_table(pd.DataFrame(rows), "behavior/outputs.parquet")
+    run.log_frame(pd.DataFrame(rows), "behavior/outputs.parquet")
     if analysis.neurons is not None:
-        run.log_table(analysis.neurons.table, "neurons/neurons.parquet")
+        run.log_frame(analysis.neurons.table, "neurons/neurons.parquet")
         pngs["neurons/abs_r_heatmap.png"] = run.log_figure(
             abs_r_heatmap(analysis.neurons.table), "neurons/abs_r_heatmap.png")
         run.log_dict(analysis.neurons.chance, "neurons/shuffle_control.json")
     if analysis.probes is not None:
-        run.log_table(analysis.probes.table, "probes/probes.csv")
+        run.log_frame(analysis.probes.table, "probes/probes.csv")
         pngs["probes/accuracy_by_layer.png"] = run.log_figure(
             probe_accuracy_by_layer(analysis.probes), "probes/accuracy_by_layer.png")
         run.set_tags(analysis.probes.tags())
     if analysis.steering is not None:
-        run.log_table(analysis.steering.table(), "steering/transitions.csv")
-        run.log_table(analysis.steering.items, "steering/items.parquet")
+        run.log_frame(analysis.steering.table(), "steering/transitions.csv")
+        run.log_frame(analysis.steering.items, "steering/items.parquet")
     if analysis.tuning is not None:
-        run.log_table(analysis.tuning.scores, "steering/tuning.csv")
+        run.log_frame(analysis.tuning.scores, "steering/tuning.csv")
     if analysis.grid is not None and len(analysis.grid):
-        run.log_table(analysis.grid, "steering/grid.csv")
+        run.log_frame(analysis.grid, "steering/grid.csv")
         tuned = ((analysis.steering.k, analysis.steering.alpha)
                  if analysis.steering is not None else None)
         pngs["steering/success_vs_alpha.png"] = run.log_figure(
             success_vs_alpha(analysis.grid, tuned), "steering/success_vs_alpha.png")
     if analysis.consistency is not None:
-        run.log_table(analysis.consistency.table(), "consistency/intra.csv")
+        run.log_frame(analysis.consistency.table(), "consistency/intra.csv")
     if analysis.transfer is not None:
-        run.log_table(analysis.transfer.table(), "consistency/transfer.csv")
+        run.log_frame(analysis.transfer.table(), "consistency/transfer.csv")
     if analysis.inter is not None:
         pngs["consistency/inter_jaccard.png"] = log_overlap_matrix(
             run, analysis.inter.jaccard, analysis.inter.expected)
-        run.log_table(analysis.inter.cross_steering, "consistency/cross_steering.csv")
+        run.log_frame(analysis.inter.cross_steering, "consistency/cross_steering.csv")
     return pngs
 
 
 def log_overlap_matrix(run: TrackedRun, matrix, expected=None) -> bytes:
     """The task-by-task overlap table and heatmap (inter-task consistency)."""
-    run.log_table(matrix.reset_index(names="task"), "consistency/inter_jaccard.csv")
+    run.log_frame(matrix.reset_index(names="task"), "consistency/inter_jaccard.csv")
     return run.log_figure(overlap_matrix_figure(matrix, expected),
                           "consistency/inter_jaccard.png")
 

@@ -113,8 +113,9 @@ class TrackedRun:
         self.set_tags({NOTE_TAG: text[:5000]})
 
     @deferring
-    def log_table(self, frame, path: str) -> None:
+    def log_frame(self, frame, path: str) -> None:
         """A DataFrame as a parquet (or CSV) artifact: per-neuron data never goes to metrics.
+        (Not ``mlflow.log_table``, which stores JSON for its own table viewer.)
 
         A parquet table also gets ``<name>_top<N>.csv`` of its first rows beside it: the
         MLflow artifact viewer previews CSV but not parquet.

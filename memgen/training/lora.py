@@ -30,7 +30,7 @@ from torch import nn
 
 from memgen.analysis.capture import LastTokenRecorder
 from memgen.analysis.sites import n_layers, site_module
-from memgen.config import ConfigError
+from memgen.config import ConfigError, first_line
 from memgen.tasks import Task
 
 KEY = "model.name_or_path"
@@ -43,11 +43,6 @@ def hub_offline() -> bool:
     """``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``, read now: the hub library reads it at import."""
     return any(os.environ.get(k, "").strip().lower() in _TRUE
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def cached_snapshot(repo_id: str) -> str | None:
@@ -118,7 +113,8 @@ def load_pretrained(name_or_path: str, precision: str = "32-true", key: str = KE
         tokenizer = AutoTokenizer.from_pretrained(source, **opts)
         model = AutoModelForCausalLM.from_pretrained(source, **opts, **_dtype_kwargs(precision))
     except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{key}: cannot load {name_or_path!r} ({_first_line(exc)})") from None
+        why = first_line(exc)[:200]
+        raise ConfigError(f"{key}: cannot load {name_or_path!r} ({why})") from None
     # Recorded in the adapter's config: a directory as given, a hub id rather than its cache path.
     model.name_or_path = source if Path(name_or_path).expanduser().is_dir() else name_or_path
     if tokenizer.pad_token is None:

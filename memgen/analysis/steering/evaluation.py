@@ -4,9 +4,11 @@
   answered GEN toward MEM. Per direction: a transition table (to_target / unchanged / other),
   success = to_target / n with a 95% Wilson interval; the same for every control selection.
 - ``side_effects``: rule accuracy on clean (no-trigger) inputs with and without steering, and
-  the mean KL(unsteered || steered) of the next-token distribution at the last prompt token.
-- ``steering_grid``: both over lists of k (top-k or top fraction) and alpha, as a DataFrame.
+  the mean KL(unsteered || steered) of the next-token distribution at the last prompt token,
+  against a ``clean_baseline`` computed once per model.
 - ``summary_metrics``: flat ``stage/name`` metrics for MLflow.
+
+Grids over (k, alpha) and the pick of one cell are in ``steering/tuning.py``.
 
 All rates and accuracies are fractions in [0, 1]; ``clean_acc_drop`` = clean_acc -
 clean_acc_steered, also a fraction (0.05 = five percentage points lost).
@@ -15,7 +17,7 @@ clean_acc_steered, also a fraction (0.05 = five percentage points lost).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
@@ -23,14 +25,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from memgen.analysis.controls import CONTROL_NAMES, build_controls
-from memgen.analysis.generation import encode_prompts, generate
-from memgen.analysis.neurons import NeuronSelection, SiteStats
-from memgen.analysis.sites import site_width
-from memgen.analysis.stats import select_neurons
-from memgen.analysis.steering import DIRECTIONS, plan_shifts, steer
+from memgen.analysis.generation import encode_prompts, generate, position_ids
+from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.settings import Decoding, Subject
+from memgen.analysis.steering.hooks import DIRECTIONS, plan_shifts, steer
 from memgen.tasks.base import Behavior, Example, Task
 
+DECODING = Decoding()  # the settings' defaults
 SOURCE = {"to_gen": Behavior.MEM, "to_mem": Behavior.GEN}  # who is steered in each direction
 TARGET = {"to_gen": Behavior.GEN, "to_mem": Behavior.MEM}
 
@@ -119,23 +120,26 @@ def _behaviors(task: Task, examples: Sequence[Example], outputs: Sequence[str]) 
     return [task.classify(ex, out) for ex, out in zip(examples, outputs, strict=True)]
 
 
-def baseline_labels(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
-                    max_new_tokens: int = 16, batch_size: int = 64,
-                    num_beams: int = 1) -> list[Behavior]:
+def _generate(subject: Subject, prompts: Sequence[str], decoding: Decoding) -> list[str]:
+    return generate(subject.model, subject.tokenizer, prompts, decoding.max_new_tokens,
+                    decoding.batch_size, decoding.num_beams)
+
+
+def baseline_labels(subject: Subject, examples: Sequence[Example],
+                    decoding: Decoding = DECODING) -> list[Behavior]:
     """Unsteered behaviours, decoded exactly as the steered runs are."""
-    outputs = generate(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens,
-                       batch_size, num_beams)
-    return _behaviors(task, examples, outputs)
+    outputs = _generate(subject, [ex.prompt for ex in examples], decoding)
+    return _behaviors(subject.task, examples, outputs)
 
 
-def _steered_behaviors(model, tokenizer, task, examples, selection, alpha, direction,
-                       max_new_tokens, batch_size, num_beams, last_prompt_only):
+def _steered_behaviors(subject: Subject, examples: Sequence[Example],
+                       selection: NeuronSelection, alpha: float, direction: str,
+                       decoding: Decoding, last_prompt_only: bool):
     if not examples:
         return [], []
-    with steer(model, selection, alpha, direction, last_prompt_only=last_prompt_only):
-        outputs = generate(model, tokenizer, [ex.prompt for ex in examples], max_new_tokens,
-                           batch_size, num_beams)
-    return _behaviors(task, examples, outputs), outputs
+    with steer(subject.model, selection, alpha, direction, last_prompt_only=last_prompt_only):
+        outputs = _generate(subject, [ex.prompt for ex in examples], decoding)
+    return _behaviors(subject.task, examples, outputs), outputs
 
 
 def _transitions(direction: str, after: Sequence[Behavior]) -> Transitions:
@@ -145,12 +149,12 @@ def _transitions(direction: str, after: Sequence[Behavior]) -> Transitions:
                        other=sum(b == Behavior.OTHER for b in after))
 
 
-def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
+def evaluate_steering(subject: Subject, examples: Sequence[Example],
                       labels: Sequence[Behavior | str] | None, selection: NeuronSelection,
-                      alpha: float, max_new_tokens: int = 16, batch_size: int = 64,
-                      controls: Mapping[str, NeuronSelection] | None = None, *,
+                      alpha: float, controls: Mapping[str, NeuronSelection] | None = None, *,
+                      decoding: Decoding = DECODING,
                       clean_examples: Sequence[Example] | None = None,
-                      baseline: CleanBaseline | None = None, num_beams: int = 1,
+                      baseline: CleanBaseline | None = None,
                       last_prompt_only: bool = False) -> SteeringResult:
     """Steer MEM items toward GEN and GEN items toward MEM, with the selection and each control.
 
@@ -158,10 +162,9 @@ def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequenc
     the side effects of the selection are measured in both directions.
     """
     for sel in (selection, *(controls or {}).values()):  # fail before any generation
-        plan_shifts(model, sel, alpha, "to_gen")
+        plan_shifts(subject.model, sel, alpha, "to_gen")
     if labels is None:
-        labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
-                                 num_beams)
+        labels = baseline_labels(subject, examples, decoding)
     if len(labels) != len(examples):
         raise ValueError(f"labels: {len(labels)} labels for {len(examples)} examples")
     labels = [Behavior(label) for label in labels]
@@ -174,9 +177,8 @@ def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequenc
     for method, sel in methods.items():
         found[method] = {}
         for direction, items in groups.items():
-            after, outputs = _steered_behaviors(model, tokenizer, task, items, sel, alpha,
-                                                direction, max_new_tokens, batch_size,
-                                                num_beams, last_prompt_only)
+            after, outputs = _steered_behaviors(subject, items, sel, alpha, direction, decoding,
+                                                last_prompt_only)
             found[method][direction] = _transitions(direction, after)
             rows += [{"method": method, "direction": direction, "prompt": ex.prompt,
                       "before": SOURCE[direction].value, "after": b.value, "output": out}
@@ -186,11 +188,10 @@ def evaluate_steering(model: nn.Module, tokenizer, task: Task, examples: Sequenc
                             items=pd.DataFrame(rows))
     if clean_examples:
         if baseline is None:
-            baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
-                                      max_new_tokens, num_beams)
-        result.side = {d: side_effects(model, tokenizer, task, clean_examples, selection, alpha,
-                                       d, batch_size, max_new_tokens, baseline=baseline,
-                                       num_beams=num_beams, last_prompt_only=last_prompt_only)
+            baseline = clean_baseline(subject, clean_examples, decoding)
+        result.side = {d: side_effects(subject, clean_examples, selection, alpha, d,
+                                       decoding=decoding, baseline=baseline,
+                                       last_prompt_only=last_prompt_only)
                        for d in DIRECTIONS}
     return result
 
@@ -210,8 +211,8 @@ def last_token_logprobs(model: nn.Module, tokenizer, prompts: Sequence[str],
     try:
         for start in range(0, len(prompts), batch_size):
             batch = encode_prompts(tokenizer, prompts[start:start + batch_size], device)
-            positions = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
-            logits = model(**batch, position_ids=positions, use_cache=False).logits[:, -1]
+            logits = model(**batch, position_ids=position_ids(batch["attention_mask"]),
+                           use_cache=False).logits[:, -1]
             out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
     finally:
         model.train(was_training)
@@ -223,142 +224,37 @@ def _accuracy(task: Task, examples: Sequence[Example], outputs: Sequence[str]) -
     return hits / len(examples) if examples else math.nan
 
 
-def clean_baseline(model: nn.Module, tokenizer, task: Task, clean_examples: Sequence[Example],
-                   batch_size: int = 64, max_new_tokens: int = 16,
-                   num_beams: int = 1) -> CleanBaseline:
+def clean_baseline(subject: Subject, clean_examples: Sequence[Example],
+                   decoding: Decoding = DECODING) -> CleanBaseline:
     """Unsteered rule accuracy and next-token log-probs on clean inputs."""
     prompts = [ex.prompt for ex in clean_examples]
-    outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, num_beams)
-    return CleanBaseline(acc=_accuracy(task, clean_examples, outputs),
-                         logprobs=last_token_logprobs(model, tokenizer, prompts, batch_size))
+    outputs = _generate(subject, prompts, decoding)
+    return CleanBaseline(acc=_accuracy(subject.task, clean_examples, outputs),
+                         logprobs=last_token_logprobs(subject.model, subject.tokenizer, prompts,
+                                                      decoding.batch_size))
 
 
-def side_effects(model: nn.Module, tokenizer, task: Task, clean_examples: Sequence[Example],
-                 selection: NeuronSelection, alpha: float, direction: str, batch_size: int = 64,
-                 max_new_tokens: int = 16, *, baseline: CleanBaseline | None = None,
-                 num_beams: int = 1, last_prompt_only: bool = False) -> SideEffects:
+def side_effects(subject: Subject, clean_examples: Sequence[Example],
+                 selection: NeuronSelection, alpha: float, direction: str, *,
+                 decoding: Decoding = DECODING, baseline: CleanBaseline | None = None,
+                 last_prompt_only: bool = False) -> SideEffects:
     """Rule accuracy on clean inputs (classify == GEN is correct), steered and not, and the
     mean KL(unsteered || steered) of the next-token distribution at the last prompt token."""
-    plan_shifts(model, selection, alpha, direction)
+    plan_shifts(subject.model, selection, alpha, direction)
     if not clean_examples:
         raise ValueError("clean_examples: empty, no clean inputs to measure side effects on")
     if baseline is None:
-        baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
-                                  max_new_tokens, num_beams)
+        baseline = clean_baseline(subject, clean_examples, decoding)
     prompts = [ex.prompt for ex in clean_examples]
-    with steer(model, selection, alpha, direction, last_prompt_only=last_prompt_only):
-        outputs = generate(model, tokenizer, prompts, max_new_tokens, batch_size, num_beams)
-        steered = last_token_logprobs(model, tokenizer, prompts, batch_size)
+    with steer(subject.model, selection, alpha, direction, last_prompt_only=last_prompt_only):
+        outputs = _generate(subject, prompts, decoding)
+        steered = last_token_logprobs(subject.model, subject.tokenizer, prompts,
+                                      decoding.batch_size)
     p = baseline.logprobs.exp()  # terms with p = 0 are 0 (also where a logit is -inf)
     kl = torch.where(p > 0, p * (baseline.logprobs - steered), torch.zeros_like(p)).sum(-1)
     return SideEffects(direction=direction, n=len(clean_examples), clean_acc=baseline.acc,
-                       clean_acc_steered=_accuracy(task, clean_examples, outputs),
+                       clean_acc_steered=_accuracy(subject.task, clean_examples, outputs),
                        kl=float(kl.clamp(min=0).mean()))
-
-
-def select_top(stats: Mapping[str, SiteStats], top: int | float) -> NeuronSelection:
-    """Top neurons by abs(r): an int is a count, a float a fraction of all neurons."""
-    if isinstance(top, bool) or not isinstance(top, (int, float)):
-        raise ValueError(f"ks: expected a count or a fraction in (0, 1], got {top!r}")
-    if isinstance(top, float):
-        return select_neurons(dict(stats), top_fraction=top)
-    return select_neurons(dict(stats), top_k=top)
-
-
-Selector = Mapping[str, SiteStats] | Callable[[int | float], NeuronSelection]
-
-
-def steering_grid(model: nn.Module, tokenizer, task: Task, examples: Sequence[Example],
-                  labels: Sequence[Behavior | str] | None, selector: Selector,
-                  ks: Sequence[int | float], alphas: Sequence[float], *,
-                  stats: Mapping[str, SiteStats] | None = None,
-                  control_names: Sequence[str] = CONTROL_NAMES,
-                  clean_examples: Sequence[Example] | None = None, max_new_tokens: int = 16,
-                  batch_size: int = 64, seed: int = 0, num_beams: int = 1,
-                  last_prompt_only: bool = False) -> pd.DataFrame:
-    """Success (and side effects of the selection) for every (k, alpha, direction, method).
-
-    ``selector``: per-site statistics (the top-k neurons by abs(r) are selected; a float k is a
-    fraction of all neurons) or a callable ``k -> NeuronSelection``. Controls are drawn once per
-    k from ``stats`` (or the selector's statistics; without statistics, ``random`` and
-    ``uniform`` draw over the selection's sites and ``low_r`` is refused).
-    Columns: top, k, alpha, direction, method, success, ci_low, ci_high, n, to_target,
-    unchanged, other, clean_acc, clean_acc_steered, clean_acc_drop, kl (NaN for controls).
-    """
-    if isinstance(selector, Mapping):
-        stats = selector if stats is None else stats
-
-        def select(top):
-            return select_top(selector, top)
-    else:
-        select = selector
-    if labels is None:
-        labels = baseline_labels(model, tokenizer, task, examples, max_new_tokens, batch_size,
-                                 num_beams)
-    baseline = None
-    if clean_examples:
-        baseline = clean_baseline(model, tokenizer, task, clean_examples, batch_size,
-                                  max_new_tokens, num_beams)
-    rows = []
-    for top in ks:
-        selection = select(top)
-        pool = stats if stats is not None else {
-            s: site_width(model, s) for s in dict.fromkeys(selection.sites)}
-        controls = build_controls(pool, selection, seed, tuple(control_names))
-        for alpha in alphas:
-            result = evaluate_steering(
-                model, tokenizer, task, examples, labels, selection, alpha, max_new_tokens,
-                batch_size, controls, clean_examples=clean_examples, baseline=baseline,
-                num_beams=num_beams, last_prompt_only=last_prompt_only)
-            for row in result.table().to_dict("records"):
-                side = result.side.get(row["direction"]) if row["method"] == "selected" else None
-                rows.append({"top": top, "k": len(selection), "alpha": float(alpha), **row,
-                             "clean_acc": side.clean_acc if side else math.nan,
-                             "clean_acc_steered": side.clean_acc_steered if side else math.nan,
-                             "clean_acc_drop": side.clean_acc_drop if side else math.nan,
-                             "kl": side.kl if side else math.nan})
-    return pd.DataFrame(rows)
-
-
-def grid_scores(grid: pd.DataFrame) -> pd.DataFrame:
-    """One row per (top, alpha) of a ``steering_grid`` table: the weaker direction's success,
-    the best control's success, the worse direction's clean-accuracy drop, and
-    ``score = min_success - max_control_success - max(clean_acc_drop, 0)``: steering counts
-    only by what the controls do not also do, and what it costs on clean inputs."""
-    rows = []
-    for (top, alpha), cell in grid.groupby(["top", "alpha"], sort=True):
-        selected = cell[cell["method"] == "selected"]
-        controls = cell[cell["method"] != "selected"]
-        min_success = float(selected["success"].min())
-        max_control = float(controls["success"].max()) if len(controls) else 0.0
-        drop = float(selected["clean_acc_drop"].max())
-        drop = 0.0 if math.isnan(drop) else drop
-        max_control = 0.0 if math.isnan(max_control) else max_control
-        rows.append({"top": top, "k": int(selected["k"].iloc[0]), "alpha": float(alpha),
-                     "min_success": min_success, "max_control_success": max_control,
-                     "clean_acc_drop": drop,
-                     "score": min_success - max_control - max(drop, 0.0)})
-    return pd.DataFrame(rows)
-
-
-def best_cell(scores: pd.DataFrame, max_control: float | None = None,
-              max_clean_drop: float | None = None) -> pd.Series:
-    """The highest score; with a budget, the highest weaker-direction success among the cells
-    whose best control and clean drop stay within ``max_control`` / ``max_clean_drop`` (the
-    highest score if none does). Ties go to the smaller alpha, then the fewer neurons."""
-    valid = scores.dropna(subset=["score"])
-    if valid.empty:
-        raise ValueError("steering tuning: no (top, alpha) cell had items in both directions")
-    within = valid
-    eps = 1e-9  # rates are ratios of counts: 0.935 - 0.915 must count as a 0.02 drop
-    if max_control is not None:
-        within = within[within["max_control_success"] <= max_control + eps]
-    if max_clean_drop is not None:
-        within = within[within["clean_acc_drop"] <= max_clean_drop + eps]
-    if (max_control is not None or max_clean_drop is not None) and not within.empty:
-        return within.sort_values(["min_success", "alpha", "k"],
-                                  ascending=[False, True, True]).iloc[0]
-    return valid.sort_values(["score", "alpha", "k"], ascending=[False, True, True]).iloc[0]
 
 
 def summary_metrics(result: SteeringResult) -> dict[str, float]:

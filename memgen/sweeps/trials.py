@@ -3,8 +3,9 @@
 Two evaluators:
 
 - :class:`SteeringEvaluator` (``sweep=steering``): built once per worker process, it loads the
-  trained model from its MLflow run and computes behaviors, activations and neuron statistics
-  a single time; a trial then only steers (``run_steering``) at its (k, alpha).
+  trained model from its MLflow run and runs the analysis' first stages (``contrast``:
+  behaviors, activations, neuron statistics) and the clean baseline a single time; a trial then
+  only steers (``run_steering``) at its (k, alpha).
 - :class:`TrainingEvaluator` (``sweep=training``): a trial retrains through the pipeline's own
   ``prepare`` / ``fit``, with :class:`~memgen.sweeps.pruning.OptunaPruning` on
   ``val/behavior_balance``, then analyses the kept checkpoint if an objective needs it.
@@ -15,7 +16,6 @@ Child runs end FINISHED (complete), KILLED with tag ``optuna.state=PRUNED`` (pru
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,23 +24,21 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from memgen.analysis.intervention import summary_metrics
-from memgen.analysis.stages import capture, find_neurons, label_behaviors, run_steering
+from memgen.analysis.settings import Subject
+from memgen.analysis.stages import contrast, run_steering, unsteered_clean
+from memgen.analysis.steering.evaluation import summary_metrics
 from memgen.config import ConfigError
+from memgen.settings import settings_from_config
 from memgen.sweeps.objectives import Objective, analysis_stages, objective_values
 from memgen.sweeps.space import Param, trial_config
 from memgen.tracking import load
+from memgen.tracking.report import finite
 from memgen.tracking.run import TrackedRun, get_experiment_id, tracked_run
 from memgen.tracking.store import tracking_uri
 
 TRIAL_COMMAND = "sweep.trial"
 NEEDS_PAIRS = ("neurons/", "probe/", "steer/", "side/", "consistency/")
 Evaluator = Callable[[DictConfig, optuna.Trial, TrackedRun], dict[str, float]]
-
-
-def finite(metrics: Mapping[str, float]) -> dict[str, float]:
-    """MLflow rejects NaN in some stores (a direction with no item to steer): drop them."""
-    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
 def device_of(cfg: DictConfig) -> str:
@@ -54,21 +52,21 @@ class SteeringEvaluator:
     def __init__(self, base: DictConfig, model_run_id: str) -> None:
         client = MlflowClient(tracking_uri(base))
         loaded = load.load_run(client, model_run_id, device=device_of(base))
-        self.model, self.tokenizer, self.task = loaded.model, loaded.tokenizer, loaded.task
-        self.behaviors = label_behaviors(base, self.model, self.tokenizer, self.task,
-                                         allow_no_pairs=True)
-        if not self.behaviors.selection.items or not self.behaviors.evaluation.items:
+        self.subject = Subject(loaded.model, loaded.tokenizer, loaded.task)
+        settings = settings_from_config(base)
+        self.behaviors, _, neurons = contrast(self.subject, settings, allow_no_pairs=True)
+        if neurons is None:
             raise ConfigError(
                 f"sweep.run_id: the model of run {model_run_id} shows no MEM/GEN pairs "
                 f"({len(self.behaviors.pairs)} pairs), nothing to steer; set "
                 f"analysis.use_pairs=false or pick another run")
-        features = capture(base, self.model, self.tokenizer, self.behaviors)
-        self.neurons = find_neurons(base, features, self.behaviors.selection)
-        self.clean = self.task.clean_examples()
+        self.neurons = neurons
+        self.clean = self.subject.task.clean_examples()
+        self.baseline = unsteered_clean(self.subject, settings, self.clean)
 
     def __call__(self, cfg: DictConfig, trial: optuna.Trial, run: TrackedRun) -> dict[str, float]:
-        result = run_steering(cfg, self.model, self.tokenizer, self.task, self.neurons,
-                              self.behaviors.evaluation, self.clean)
+        result = run_steering(self.subject, settings_from_config(cfg), self.neurons,
+                              self.behaviors.evaluation, self.clean, self.baseline)
         return summary_metrics(result) | {"steer/k": float(result.k)}
 
 
@@ -95,8 +93,9 @@ class TrainingEvaluator:
         if cfg.tracking.log_model:
             pipeline.log_model(run, trained)
         if self.stages is not None:
-            analysis = analyse_model(cfg, trained.model, trained.tokenizer, trained.task,
-                                     stages=self.stages, allow_no_pairs=self.labels_only)
+            subject = Subject(trained.model, trained.tokenizer, trained.task)
+            analysis = analyse_model(subject, settings_from_config(cfg), stages=self.stages,
+                                     allow_no_pairs=self.labels_only)
             metrics |= analysis.metrics
             if analysis.steering is not None:
                 metrics["steer/k"] = float(analysis.steering.k)

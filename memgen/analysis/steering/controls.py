@@ -3,8 +3,6 @@
 If the selected neurons carry the behaviour, moving them must beat moving these:
 - ``random``: as many random (site, index) coordinates as selected, each shifted by a selected
   neuron's abs(NMD) with a random sign (matched magnitudes; DESIGN.md's random control);
-- ``uniform``: the paper's control, random coordinates shifted by U(-m, m), where m is the
-  largest abs(NMD) among the selected neurons;
 - ``low_r``: the neurons with the lowest abs(r) (and a non-zero NMD), with their own NMD;
 - ``shuffled``: the selected neurons with their shifts permuted among them.
 
@@ -22,7 +20,6 @@ from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.stats import lowest_neurons
 
 CONTROL_NAMES = ("random", "low_r", "shuffled")
-ALL_CONTROLS = ("random", "uniform", "low_r", "shuffled")
 
 SitesSpec = Mapping[str, SiteStats] | Mapping[str, int]
 
@@ -73,17 +70,6 @@ def _random_neurons(stats_or_site_widths: SitesSpec, k: int, seed: int,
     return [sites[j] for j in keep], indices[chosen], gen
 
 
-def random_control(stats_or_site_widths: SitesSpec, k: int, magnitude_m: float, seed: int = 0,
-                   exclude: NeuronSelection | None = None) -> NeuronSelection:
-    """The paper's control: k random coordinates, each shifted by U(-m, m), m = magnitude_m."""
-    if k < 1:
-        raise ValueError(f"k: expected >= 1 neurons, got {k}")
-    sites, indices, gen = _random_neurons(stats_or_site_widths, k, seed, exclude)
-    shifts = (torch.rand(k, generator=gen) * 2 - 1) * float(magnitude_m)
-    return NeuronSelection(sites=sites, indices=indices, nmd=shifts,
-                           r=_r_of(stats_or_site_widths, sites, indices))
-
-
 def matched_random_control(stats_or_site_widths: SitesSpec, selection: NeuronSelection,
                            seed: int = 0) -> NeuronSelection:
     """Random coordinates (not selected ones) with the selection's abs(NMD) and random signs."""
@@ -121,9 +107,6 @@ def build_controls(stats_or_site_widths: SitesSpec, selection: NeuronSelection, 
     for name in names:
         if name == "random":
             out[name] = matched_random_control(stats_or_site_widths, selection, seed)
-        elif name == "uniform":
-            m = float(selection.nmd.abs().max()) if len(selection) else 0.0
-            out[name] = random_control(stats_or_site_widths, len(selection), m, seed, selection)
         elif name == "low_r":
             if not all(isinstance(v, SiteStats) for v in stats_or_site_widths.values()):
                 raise ValueError("names: control 'low_r' needs SiteStats, not site widths")
@@ -131,5 +114,5 @@ def build_controls(stats_or_site_widths: SitesSpec, selection: NeuronSelection, 
         elif name == "shuffled":
             out[name] = shuffled_control(selection, seed)
         else:
-            raise ValueError(f"names: unknown control {name!r} (expected one of {ALL_CONTROLS})")
+            raise ValueError(f"names: unknown control {name!r} (expected one of {CONTROL_NAMES})")
     return out

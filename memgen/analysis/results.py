@@ -1,0 +1,149 @@
+"""The typed results of the analysis stages: what each stage hands to the next and to the caller.
+
+Each result knows its own ``metrics()`` (flat ``stage/name`` keys); ``Analysis`` gathers them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+
+from memgen.analysis.behavior import LabelledGroups, Pair
+from memgen.analysis.consistency import IntraResult, inter_metrics
+from memgen.analysis.neurons import NeuronSelection, SiteStats
+from memgen.analysis.probes import ProbeReport
+from memgen.analysis.stats import site_summary
+from memgen.analysis.steering.evaluation import SteeringResult
+from memgen.tasks import Behavior, Example
+
+Item = tuple[int, int]  # (group, variant)
+
+
+@dataclass
+class Split:
+    """Labelled variants of one split: examples, labels (MEM=1, GEN=0) and their row ids."""
+
+    items: list[Item]
+    examples: list[Example]
+    labels: torch.Tensor
+
+    @property
+    def behaviors(self) -> list[Behavior]:
+        return [Behavior.MEM if y else Behavior.GEN for y in self.labels.tolist()]
+
+
+@dataclass
+class Behaviors:
+    """Stage 1: every perturbation labelled, the differing pairs, and the two splits."""
+
+    labelled: LabelledGroups
+    pairs: list[Pair]
+    selection: Split
+    evaluation: Split
+    selection_pairs: list[Pair]
+    evaluation_pairs: list[Pair]
+
+    def metrics(self) -> dict[str, float]:
+        counts = self.labelled.counts()
+        n = max(1, counts["n_variants"])
+        return {
+            "behavior/n_examples": counts["n_examples"],
+            "behavior/n_variants": counts["n_variants"],
+            "behavior/mem_rate": counts["n_mem"] / n,
+            "behavior/gen_rate": counts["n_gen"] / n,
+            "behavior/other_rate": counts["n_other"] / n,
+            "pairs/n": len(self.pairs),
+            "pairs/n_examples_with_pairs": len({p.group for p in self.pairs}),
+            "pairs/n_selection_items": len(self.selection.items),
+            "pairs/n_evaluation_items": len(self.evaluation.items),
+        }
+
+
+@dataclass
+class Neurons:
+    """Stage 2: per-site statistics on the selection split, the ranking and the selection."""
+
+    stats: dict[str, SiteStats]
+    table: pd.DataFrame
+    selection: NeuronSelection
+    chance: dict[str, Any]
+
+    def metrics(self) -> dict[str, float]:
+        out = site_summary(self.stats)
+        out["neurons/n_total"] = float(len(self.table))
+        out["neurons/n_selected"] = float(len(self.selection))
+        out["neurons/max_abs_r"] = float(self.table["abs_r"].max())
+        out["neurons/selected_min_abs_r"] = float(self.selection.r.abs().min())
+        out["neurons/chance_max_abs_r_q95"] = self.chance["max_abs_r_q"]
+        out["neurons/chance_abs_r_q95"] = self.chance["abs_r_q"]
+        return out
+
+
+@dataclass
+class Features:
+    """Last-prompt-token activations of every labelled item, captured once per checkpoint."""
+
+    by_item: dict[Item, int]
+    values: dict[str, torch.Tensor]  # site -> [N, D]
+    labels: torch.Tensor  # [N]
+
+    def take(self, items: list[Item]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        rows = torch.tensor([self.by_item[it] for it in items], dtype=torch.long)
+        return {s: v[rows] for s, v in self.values.items()}, self.labels[rows]
+
+
+@dataclass
+class InterTask:
+    """Stage 6 (mixtures): each sub-task's neurons on one shared model, compared."""
+
+    selections: dict[str, NeuronSelection]
+    jaccard: pd.DataFrame  # task x task
+    expected: pd.DataFrame  # chance jaccard, same shape
+    cross_steering: pd.DataFrame  # rows: source task, target task, direction, success, n
+
+    def metrics(self, overlaps) -> dict[str, float]:
+        out = inter_metrics(overlaps)
+        for row in self.cross_steering.itertuples(index=False):
+            out[f"steer/cross/{row.source}_to_{row.target}/{row.direction}/success"] = row.success
+        return out
+
+
+@dataclass
+class SteeringTuning:
+    """The (top_fraction, alpha) picked on the selection split, and every cell's score."""
+
+    best: pd.Series  # the picked row of ``scores``
+    scores: pd.DataFrame  # top, k, alpha, min_success, max_control_success, clean_acc_drop
+
+    @property
+    def top_fraction(self) -> float:
+        return float(self.best["top"])
+
+    @property
+    def alpha(self) -> float:
+        return float(self.best["alpha"])
+
+    def metrics(self) -> dict[str, float]:
+        return {"steer/tuned/top_fraction": self.top_fraction, "steer/tuned/alpha": self.alpha,
+                "steer/tuned/k": float(self.best["k"]),
+                "steer/tuned/score": float(self.best["score"])}
+
+
+@dataclass
+class Analysis:
+    """Everything the stages produced; ``summary()`` is what ``memgen run`` prints."""
+
+    behaviors: Behaviors
+    neurons: Neurons | None = None
+    probes: ProbeReport | None = None
+    steering: SteeringResult | None = None
+    grid: pd.DataFrame | None = None
+    tuning: SteeringTuning | None = None
+    consistency: IntraResult | None = None
+    transfer: SteeringResult | None = None  # half B's neurons steering half A's items
+    inter: InterTask | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # stage -> why
