@@ -61,7 +61,7 @@ def test_rank_comes_from_the_launcher_environment(monkeypatch):
 def test_a_follower_overrides_every_write_of_a_tracked_run():
     writes = {name for name, _ in inspect.getmembers(TrackedRun, inspect.isfunction)
               if name.startswith(("log_", "set_"))}
-    assert writes  # log_metrics, log_params, set_tags, log_table, ...
+    assert writes  # log_metrics, log_params, set_tags, log_frame, ...
     assert {name for name in writes if name not in vars(FollowerRun)} == set()
 
 

@@ -93,7 +93,7 @@ class FollowerRun(TrackedRun):
     def log_bytes(self, data: bytes, path: str) -> None:
         return None
 
-    def log_table(self, frame, path: str) -> None:
+    def log_frame(self, frame, path: str) -> None:
         return None
 
     def log_dict(self, data: dict, path: str) -> None:
