@@ -119,8 +119,10 @@ def test_analysis_callbacks_and_validation_generation_skip_non_zero_ranks(monkey
     calls = []
     monkeypatch.setattr(callbacks, "analyse_model", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(callbacks, "log_analysis", lambda *a, **k: None)
+    from memgen.settings import settings_from_config
+
     cfg = compose(tiny_overrides(tmp_path))
-    callback = callbacks.AnalysisCallback(cfg, None, 1)  # type: ignore[arg-type]
+    callback = callbacks.AnalysisCallback(settings_from_config(cfg), None, 1)  # type: ignore
     for rank in (1, 0):
         trainer = SimpleNamespace(sanity_checking=False, global_rank=rank, current_epoch=0)
         callback.on_validation_epoch_end(trainer, SimpleNamespace(model=None, tokenizer=None,
