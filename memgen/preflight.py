@@ -16,10 +16,14 @@ from collections.abc import Sequence
 
 from omegaconf import DictConfig
 
+from memgen.config import ConfigError
 from memgen.tracking.interrupts import current_run
 
 INTERRUPTED = 130
 TRAINING_COMMANDS = ("run", "train", "sweep", "pretrain", "replicate")
+# Lightning's launcher re-executes the command line for every extra process: a sweep or a
+# replicate would start whole copies of itself, so they run their children on one process each.
+ONE_PROCESS_COMMANDS = ("sweep", "replicate")
 
 
 def preflight(command: str, cfg: DictConfig) -> None:
@@ -31,7 +35,11 @@ def preflight(command: str, cfg: DictConfig) -> None:
     if command in TRAINING_COMMANDS:
         from memgen.training.devices import check_devices, check_output_dir  # noqa: PLC0415
 
-        check_devices(cfg)
+        processes = check_devices(cfg)
+        if command in ONE_PROCESS_COMMANDS and processes > 1:
+            raise ConfigError(f"trainer.devices: memgen {command} trains each child on one "
+                              f"process; {cfg.trainer.devices!r} would start {processes} "
+                              f"(several devices are for memgen run/train)")
         check_output_dir(cfg)
 
 

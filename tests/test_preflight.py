@@ -270,3 +270,18 @@ def test_steering_sweep_on_a_model_run_without_pairs_writes_nothing(tmp_path, ca
     assert code == 2 and "no MEM/GEN pairs" in err and "\n" not in err, err
     assert _count_runs(uri) == 1
     assert not (tmp_path / "mlruns" / "optuna.db").exists()
+
+
+@pytest.mark.parametrize("command", ["sweep", "replicate"])
+def test_sweep_and_replicate_on_several_devices_are_refused_up_front(tmp_path, capsys, command):
+    """Lightning's launcher would re-run the whole sweep/replicate for rank 1: refused, exit 2,
+    nothing written."""
+    uri = _store(tmp_path)
+    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("tracking.uri=")]
+    code = main([command, *overrides, f"tracking.uri={uri}", "trainer.accelerator=cpu",
+                 "trainer.devices=2", "trainer.strategy=ddp"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("memgen: error: trainer.devices: memgen " + command), err
+    assert "would start 2" in err and "\n" not in err
+    assert _count_runs(uri) == 0

@@ -46,8 +46,9 @@ def check_accelerator(name: str) -> None:
                           f"(use trainer.accelerator=cpu or auto)")
 
 
-def check_devices(cfg: DictConfig) -> None:
-    """accelerator, devices, strategy and precision as Lightning's Trainer would take them."""
+def check_devices(cfg: DictConfig) -> int:
+    """accelerator, devices, strategy and precision as Lightning's Trainer would take them;
+    returns the number of processes the job would run (Lightning's ``world_size``)."""
     import pytorch_lightning as pl  # noqa: PLC0415
     from lightning_fabric.connector import _convert_precision_to_unified_args  # noqa: PLC0415
     from pytorch_lightning.strategies import StrategyRegistry  # noqa: PLC0415
@@ -81,13 +82,15 @@ def check_devices(cfg: DictConfig) -> None:
         level = quiet.level
         quiet.setLevel(logging.ERROR)
         try:  # what this machine has for these settings (e.g. 4 cuda devices on a 1-GPU box)
-            pl.Trainer(accelerator=tr.accelerator, devices=devices, strategy=tr.strategy,
-                       precision=tr.precision, logger=False, enable_checkpointing=False,
-                       enable_progress_bar=False, enable_model_summary=False)
+            trainer = pl.Trainer(accelerator=tr.accelerator, devices=devices,
+                                 strategy=tr.strategy, precision=tr.precision, logger=False,
+                                 enable_checkpointing=False, enable_progress_bar=False,
+                                 enable_model_summary=False)
         except Exception as exc:  # noqa: BLE001 - Lightning's own verdict, in one line
             raise ConfigError(f"trainer.devices: {_one_line(exc)}") from None
         finally:
             quiet.setLevel(level)
+    return int(trainer.world_size)
 
 
 def check_output_dir(cfg: DictConfig) -> None:
