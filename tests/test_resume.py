@@ -98,10 +98,15 @@ def _wait(predicate, process: subprocess.Popen, timeout: float = 240):
 
 @pytest.mark.slow
 def test_kill_9_at_several_points_then_resume_continues_without_duplicates(tmp_path):
-    """SIGKILL after 1 and 2 finished epochs (plus a random delay), resume, kill again, resume."""
-    epochs = 5
+    """SIGKILL at a random moment of the epoch after the 2nd and after the 4th finished one,
+    resume, kill again, resume.
+
+    The moment is drawn within one measured epoch (the time between two ``last.ckpt`` writes),
+    with epochs to spare after it: a fixed delay let a fast machine finish the run first. More
+    training data than ``small`` makes an epoch last long enough (about a second) to aim at."""
+    epochs = 7
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    overrides = small(tmp_path, epochs)
+    overrides = small(tmp_path, epochs, **{"task.n_train": 1500})
     rng = random.Random(0)
     run_id = None
     finished = 0
@@ -113,7 +118,9 @@ def test_kill_9_at_several_points_then_resume_continues_without_duplicates(tmp_p
                 run_id = _wait(lambda: _first_run_id(tmp_path), process)
             folder = checkpoint_dir(tmp_path, run_id)
             _wait(lambda f=folder, k=kill_after: last_epoch(f) >= k, process)
-            time.sleep(rng.uniform(0, 0.8))
+            started = time.monotonic()
+            _wait(lambda f=folder, k=kill_after: last_epoch(f) >= k + 1, process)
+            time.sleep(rng.uniform(0, 0.8) * (time.monotonic() - started))  # within the next
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=60)
         finally:
