@@ -22,6 +22,8 @@ COMMANDS = {
     "train": "train a model on a task, tracked in MLflow",
     "sweep": "an Optuna study over config keys (sweep=steering or sweep=training)",
     "replicate": "the same run over replicate.seeds: across-seed CIs and the claims scorecard",
+    "analyse": "the whole analysis on the model of a finished run (run=<id>), no training",
+    "compare": "two runs or replicates side by side; paired differences over shared seeds",
     "pretrain": "train a small Llama on generic task text and save it as a local LoRA base",
     "ui": "start the MLflow UI on the local store, bound to 127.0.0.1",
 }
@@ -32,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "compare":
+            cmd.add_argument("runs", nargs=2, metavar="RUN_ID", help="A, then B")
         cmd.add_argument("overrides", nargs="*", help="overrides like trainer.max_epochs=5")
         if name == "ui":
             cmd.add_argument("--port", type=int, default=5000)
@@ -66,7 +70,7 @@ def print_summary(command: str, metrics: dict[str, float], objects: dict, cfg) -
     from memgen.tracking.store import tracking_uri  # noqa: PLC0415
 
     full = bool(cfg.tracking.get("full_summary"))
-    if command in ("run", "train") and not full:
+    if command in ("run", "train", "analyse") and not full:
         print("\n" + "\n".join(headline(metrics, objects.get("claims"))))
     elif "summary" in objects:
         print(objects["summary"])
@@ -79,7 +83,7 @@ def print_summary(command: str, metrics: dict[str, float], objects: dict, cfg) -
         print("-" * width + "  ------")
         for key, value in shown.items():
             print(f"{key.ljust(width)}  {value:.4g}")
-    elif command in ("run", "train"):
+    elif command in ("run", "train", "analyse"):
         print("(every metric: tracking.full_summary=true; all results: report.html)")
     run_id = objects.get("run_id", "")
     print(f"\nrun {run_id} in {tracking_uri(cfg)}")
@@ -144,6 +148,12 @@ def _main(argv: Sequence[str] | None = None) -> int:
             cfg = compose(args.overrides)
         from memgen.preflight import preflight, runs_command  # noqa: PLC0415
 
+        if args.command in ("analyse", "compare") or (args.command == "replicate"
+                                                      and cfg.replicate.models):
+            from memgen.analyse import require_store  # noqa: PLC0415 - they read runs
+
+            require_store(cfg, {"analyse": "run", "compare": "compare"}.get(
+                args.command, "replicate.models"))
         preflight(args.command, cfg)
         if args.command == "runs":
             return runs_command(args.action, cfg)
@@ -163,6 +173,14 @@ def _main(argv: Sequence[str] | None = None) -> int:
             from memgen.replicates.command import replicate  # noqa: PLC0415
 
             metrics, objects = replicate(cfg)
+        elif args.command == "analyse":
+            from memgen.analyse import analyse  # noqa: PLC0415
+
+            metrics, objects = analyse(cfg)
+        elif args.command == "compare":
+            from memgen.compare import compare  # noqa: PLC0415
+
+            metrics, objects = compare(cfg, *args.runs)
         elif args.command == "pretrain":
             from memgen.pretrain import pretrain  # noqa: PLC0415
 

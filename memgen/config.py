@@ -173,6 +173,8 @@ class ReplicateConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     workers: int = 1  # parallel processes; the cores are split between them
     name: str | None = None  # the parent run's name (default: replicate-<task>-<config digest>)
+    # an earlier replicate's parent run id: re-analyse its seeds' models, no training
+    models: str | None = None
 
 
 @dataclass
@@ -195,6 +197,7 @@ class Config:
     seed: int = 0
     output_dir: str = "outputs"
     resume: str | None = None  # an MLflow run id to continue
+    run: str | None = None  # memgen analyse: the finished run whose model is analysed
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -406,7 +409,7 @@ def validate_replicate(cfg: DictConfig) -> None:
 
 
 # Sections and keys that change where and how fast a run goes, not what it computes.
-RESULT_NEUTRAL = ("tracking", "output_dir", "replicate", "claims", "resume",
+RESULT_NEUTRAL = ("tracking", "output_dir", "replicate", "claims", "resume", "run",
                   "trainer.num_threads", "trainer.progress_bar")
 
 

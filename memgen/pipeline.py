@@ -7,6 +7,7 @@ directly; the CLI only composes the config and prints the summary.
 from __future__ import annotations
 
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from omegaconf import DictConfig
 from memgen.analysis.settings import Subject
 from memgen.analysis.sites import resolve_sites, site_width
 from memgen.analysis.stages import analyse_model, steering_sites
+from memgen.analysis.timing import StageTimer
 from memgen.config import ConfigError
 from memgen.replicates.claims import format_scorecard, score_claims
 from memgen.settings import settings_from_config
@@ -264,33 +266,51 @@ def run(cfg: DictConfig, parent_run_id: str | None = None, run_name: str | None 
 
 def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | None = None,
              run_name: str | None = None) -> tuple[dict[str, float], dict[str, Any]]:
-    """Validate, then in one run: fit, log the kept checkpoint's rates and model, analyse."""
+    """Validate, then in one run: fit, log the kept checkpoint's rates and model, analyse.
+
+    Logs ``time/<stage>_s`` for its own stages (``task``: building and checking task and model;
+    ``training``, ``kept_rates``, ``log_model``, ``analysis`` (the sum of the analysis' own
+    stage times), ``logging``, ``report``, ``total``)."""
+    timer, started = StageTimer(), time.perf_counter()
     ckpt_path = None
     if cfg.resume:  # rank 0 picks the checkpoint; the ranks it launches are told
         ckpt_path = resume_checkpoint(cfg, cfg.resume) if is_rank_zero() else exported_checkpoint()
     task, tokenizer, model = prepare(cfg)
+    timer.lap("task")
     with job_run(cfg, command, run_id=cfg.resume, parent_run_id=parent_run_id,
                  run_name=run_name) as tracked:
+        timer.restart()
         trained = fit(cfg, tracked, task, tokenizer, model, ckpt_path=ckpt_path)
+        timer.lap("training")
         if not is_rank_zero():  # training was their share: what follows runs once, on rank 0
             return trained.metrics, {"run_id": tracked.run_id}
         rates = kept_checkpoint_rates(cfg, trained)
+        timer.lap("kept_rates")
         log_summary(tracked, rates, step=None)  # rounded, without a step
         trained.metrics |= rates
         if cfg.tracking.log_model:
             log_model(tracked, trained)
+            timer.lap("log_model")
         objects: dict[str, Any] = {"trained": trained, "run_id": tracked.run_id,
                                    "experiment_id": tracked.experiment_id}
         analysis, claims, figures = None, None, {}
         if analyse:
             analysis = analyse_model(Subject(trained.model, trained.tokenizer, trained.task),
                                      settings_from_config(cfg), allow_no_pairs=True)
+            timer.lap("analysis")
             figures = log_analysis(tracked, analysis, step=trained.epochs_done)
             trained.metrics |= analysis.metrics
             claims = score_claims(trained.metrics, cfg.claims)
             log_scorecard(tracked, claims)
             objects |= {"analysis": analysis, "claims": claims,
                         "summary": summary(analysis) + "\n\nclaims\n" + format_scorecard(claims)}
+            timer.lap("logging")
+        trained.metrics |= timer.metrics()
+        log_summary(tracked, timer.metrics(), step=None)
         objects["report_s"] = finish_run(tracked, trained.metrics, trained.best_checkpoint,
                                          analysis, claims, figures)
+        ends = {"time/report_s": objects["report_s"],
+                "time/total_s": time.perf_counter() - started}
+        log_summary(tracked, ends, step=None)
+        trained.metrics |= ends
     return trained.metrics, objects

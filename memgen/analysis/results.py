@@ -61,6 +61,27 @@ class Behaviors:
             "pairs/n_evaluation_items": len(self.evaluation.items),
         }
 
+    def split_table(self) -> pd.DataFrame:
+        """The items of each split (selection first, in the order the statistics saw them):
+        with the model's run, enough to recompute the neuron table without the seed."""
+        rows = [{"group": g, "variant": k, "split": name,
+                 "behavior": self.labelled.labels[g][k].value, "label": int(y),
+                 "prompt": ex.prompt, "mem_answer": ex.mem_answer, "gen_answer": ex.gen_answer}
+                for name, split in (("selection", self.selection), ("evaluation", self.evaluation))
+                for (g, k), ex, y in zip(split.items, split.examples, split.labels.tolist(),
+                                         strict=True)]
+        return pd.DataFrame(rows, columns=["group", "variant", "split", "behavior", "label",
+                                           "prompt", "mem_answer", "gen_answer"])
+
+    def pair_table(self) -> pd.DataFrame:
+        """Every MEM/GEN pair (variants ``i`` and ``j`` of conflict example ``group``) and its
+        split."""
+        split_of = {p: "selection" for p in self.selection_pairs} | {
+            p: "evaluation" for p in self.evaluation_pairs}
+        return pd.DataFrame([{"group": p.group, "i": p.i, "j": p.j,
+                              "split": split_of.get(p, "")} for p in self.pairs],
+                            columns=["group", "i", "j", "split"])
+
 
 @dataclass
 class Neurons:

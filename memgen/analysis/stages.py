@@ -60,6 +60,7 @@ from memgen.analysis.steering.evaluation import (
     summary_metrics,
 )
 from memgen.analysis.steering.tuning import best_cell, grid_scores, steering_grid
+from memgen.analysis.timing import StageTimer
 from memgen.tasks import Behavior, Example
 
 __all__ = ["Analysis", "Behaviors", "Features", "InterTask", "Neurons", "NoPairsError", "Split",
@@ -157,19 +158,25 @@ def _no_pairs_reason(behaviors: Behaviors) -> str:
             f"or set analysis.use_pairs=false")
 
 
-def contrast(subject: Subject, settings: AnalysisSettings, allow_no_pairs: bool = False
+def contrast(subject: Subject, settings: AnalysisSettings, allow_no_pairs: bool = False,
+             timer: StageTimer | None = None
              ) -> tuple[Behaviors, Features | None, Neurons | None]:
     """Stages 1-2, the part every later stage builds on: behaviors, the items' activations
     and the neurons. Without pairs, ``allow_no_pairs`` returns the behaviors alone (features
-    and neurons None); otherwise :class:`NoPairsError`."""
+    and neurons None); otherwise :class:`NoPairsError`. ``timer`` gets a lap per stage."""
+    timer = timer or StageTimer()
     subject.model.eval()
     behaviors = label_behaviors(subject, settings, allow_no_pairs)
+    timer.lap("labelling")
     if not behaviors.selection.items or not behaviors.evaluation.items:
         if allow_no_pairs:
             return behaviors, None, None
         raise NoPairsError(f"no pairs: {_no_pairs_reason(behaviors)}")
     features = capture(subject, settings, behaviors)
-    return behaviors, features, find_neurons(settings, features, behaviors.selection)
+    timer.lap("capture")
+    neurons = find_neurons(settings, features, behaviors.selection)
+    timer.lap("neurons")
+    return behaviors, features, neurons
 
 
 # -- stage 3: probes --------------------------------------------------------------------------
@@ -413,12 +420,15 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
     """Run the requested stages on one model; no tracking (the caller logs).
 
     Without pairs there is nothing to contrast: ``allow_no_pairs`` (used during training, when
-    the model may not show both behaviors yet) returns the behavior counts alone.
+    the model may not show both behaviors yet) returns the behavior counts alone. The metrics
+    include each stage's wall time, ``time/<stage>_s`` (``analysis/timing.py``).
     """
-    behaviors, features, neurons = contrast(subject, settings, allow_no_pairs)
+    timer = StageTimer()
+    behaviors, features, neurons = contrast(subject, settings, allow_no_pairs, timer)
     result = Analysis(behaviors=behaviors, metrics=behaviors.metrics())
     if features is None or neurons is None:
         result.skipped = {stage: _no_pairs_reason(behaviors) for stage in stages}
+        result.metrics |= timer.metrics()
         return result
     result.neurons = neurons
     result.metrics |= neurons.metrics()
@@ -429,9 +439,12 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
             result.metrics |= result.probes.metrics()
         except ValueError as exc:  # a split too small to fit a probe: the rest still stands
             result.skipped["probes"] = str(exc)
+        timer.lap("probes")
     clean = subject.task.clean_examples()
     baseline = (unsteered_clean(subject, settings, clean)
                 if "steering" in stages or "grid" in stages else None)
+    if baseline is not None:
+        timer.lap("clean_baseline")
     steered = settings  # the tuned (top_fraction, alpha) also steer the transfer below
     if "steering" in stages:
         if settings.steering.tune:
@@ -440,12 +453,15 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
             result.metrics |= result.tuning.metrics()
             steered = settings.with_steering(
                 settings.steering.at(result.tuning.top_fraction, result.tuning.alpha))
+            timer.lap("steering_tuning")
         result.steering = run_steering(subject, steered, neurons, behaviors.evaluation, clean,
                                        baseline)
         result.metrics |= summary_metrics(result.steering)
+        timer.lap("steering_evaluation")
     if "grid" in stages:
         result.grid = run_grid(subject, settings, neurons, behaviors.evaluation, clean,
                                baseline=baseline)
+        timer.lap("grid")
     if "consistency" in stages and settings.consistency and settings.use_pairs:
         extra, skipped_seeds = seed_pair_sets(subject, settings)
         result.skipped |= {f"consistency/{name}": why for name, why in skipped_seeds.items()}
@@ -454,14 +470,18 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
             result.metrics |= result.consistency.to_metrics()
         except ValueError as exc:  # too few pairs to halve: the other stages still stand
             result.skipped["consistency"] = str(exc)
+        timer.lap("consistency")
         if result.consistency is not None and settings.consistency_transfer:
             result.transfer = run_transfer(subject, steered, features, behaviors,
                                            result.consistency)
             result.metrics |= transfer_metrics(result.transfer)
+            timer.lap("transfer")
     if "consistency" in stages and settings.consistency and hasattr(subject.task, "subtasks"):
         try:
             result.inter, inter_metrics_ = run_inter_task(subject, steered, features, behaviors)
             result.metrics |= inter_metrics_
         except ValueError as exc:
             result.skipped["inter_task"] = str(exc)
+        timer.lap("inter_task")
+    result.metrics |= timer.metrics()
     return result

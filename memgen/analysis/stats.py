@@ -191,7 +191,8 @@ def _take(order: list[str], site_id: torch.Tensor, index: torch.Tensor, nmd: tor
 
 
 def rank_neurons(stats: dict[str, SiteStats]) -> pd.DataFrame:
-    """One row per neuron over all sites, best (highest abs r) first; ``rank`` starts at 1."""
+    """One row per neuron over all sites, best (highest abs r) first; ``rank`` starts at 1;
+    ``n_mem`` / ``n_gen`` are the MEM and GEN samples its statistics came from."""
     order, site_id, index, nmd, r = _flat(stats)
     perm = torch.sort(r.abs(), descending=True, stable=True).indices
     parsed = [parse_site(s) for s in order]
@@ -209,6 +210,9 @@ def rank_neurons(stats: dict[str, SiteStats]) -> pd.DataFrame:
         "r": r[perm].numpy(),
         "abs_r": r[perm].abs().numpy(),
         "rank": np.arange(1, len(perm) + 1, dtype=np.int64),
+        # the samples behind each neuron's numbers, so the table can be checked on its own
+        "n_mem": np.array([stats[s].n_mem for s in order], dtype=np.int64)[ids],
+        "n_gen": np.array([stats[s].n_gen for s in order], dtype=np.int64)[ids],
     })
 
 

@@ -8,6 +8,10 @@ The parent is keyed by the config without its seed (:func:`memgen.config.config_
 re-running the same command reopens it, skips the seeds that FINISHED under it and reruns
 the FAILED or KILLED ones. A seed that fails is recorded as failed; the others go on.
 Workers come from the sweep machinery (:func:`memgen.sweeps.worker.run_parallel`).
+
+``replicate.models=<parent id>`` trains nothing: each child is ``memgen analyse`` on the model
+of the earlier replicate's FINISHED child of that seed, under this command's ``analysis.*``.
+Its key is the source parent and the analysis config, so the same command resumes it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from memgen.tracking.store import check_store, tracking_uri
 
 COMMAND = "replicate"
 KEY_TAG = "memgen.replicate.key"
+MODELS_TAG = "memgen.replicate.models"  # the replicate whose models a re-analysis reads
 
 
 @dataclass
@@ -47,6 +52,7 @@ class SeedJob:
     parent_run_id: str
     parent_name: str
     worker: int = 0
+    models: dict[int, str] | None = None  # seed -> model run id: analyse, do not train
 
 
 def cores() -> int:
@@ -65,7 +71,12 @@ def threads_per_seed(cfg: DictConfig) -> int:
 
 
 def replicate_key(cfg: DictConfig) -> str:
-    """What defines the experiment, without its seed: the parent run's identity."""
+    """What defines the experiment, without its seed: the parent run's identity. A
+    re-analysis is defined by its source replicate and the analysis config alone (task, model
+    and seeds are the source's)."""
+    if cfg.replicate.models:
+        return config_digest(cfg, drop=tuple(k for k in cfg if k != "analysis"),
+                             extra=f"models={cfg.replicate.models}")
     return config_digest(cfg, drop=RESULT_NEUTRAL + ("seed",))
 
 
@@ -80,13 +91,18 @@ def run_seeds(job: SeedJob) -> None:
     from memgen.sweeps.trials import failed_child  # noqa: PLC0415
 
     for seed in job.seeds:
-        cfg = seed_config(job.base, seed)
+        cfg = seed_config(job.base | ({"run": job.models[seed]} if job.models else {}), seed)
         name = f"{job.parent_name}/seed-{seed}"
         try:
-            pipeline.run(cfg, parent_run_id=job.parent_run_id, run_name=name)
+            if job.models:
+                from memgen.analyse import analyse  # noqa: PLC0415
+
+                analyse(cfg, parent_run_id=job.parent_run_id, run_name=name)
+            else:
+                pipeline.run(cfg, parent_run_id=job.parent_run_id, run_name=name)
         except ConfigError as exc:  # nothing ran: a FAILED child says why
             failed_child(cfg, job.parent_run_id, name, {"seed": str(seed)}, {"seed": seed},
-                         str(exc), command="run")
+                         str(exc), command="analyse" if job.models else "run")
             print(f"memgen replicate: seed {seed} failed: {exc}", file=sys.stderr)
         except Exception as exc:  # noqa: BLE001 - the child run is FAILED; the others go on
             print(f"memgen replicate: seed {seed} failed: {type(exc).__name__}: {exc}",
@@ -109,6 +125,47 @@ def _finished_seeds(client: MlflowClient, cfg: DictConfig, parent_run_id: str) -
     return out
 
 
+def finished_children(client: MlflowClient, parent: Any) -> dict[int, Any]:
+    """seed -> the newest FINISHED child of a parent run (in the parent's experiment)."""
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=50000)
+    out: dict[int, Any] = {}
+    for run in runs:
+        seed = run.data.tags.get("seed")
+        if run.info.status == "FINISHED" and seed is not None and seed.lstrip("-").isdigit():
+            out[int(seed)] = run
+    return out
+
+
+def replicate_parent(client: MlflowClient, run_id: str, key: str) -> Any:
+    """A FINISHED ``memgen replicate`` parent run; otherwise one line naming ``key``."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - MLflow's not-found error, or a malformed id
+        raise ConfigError(f"{key}: no run '{run_id}' in this tracking store") from None
+    if run.data.tags.get("memgen.command") != COMMAND:
+        raise ConfigError(f"{key}: run {run_id} is not a replicate parent (it was made by "
+                          f"memgen {run.data.tags.get('memgen.command', '?')})")
+    if run.info.status != "FINISHED":
+        raise ConfigError(f"{key}: replicate {run_id} is {run.info.status}, not FINISHED")
+    return run
+
+
+def source_models(client: MlflowClient, source_id: str) -> tuple[Any, dict[int, str]]:
+    """The source replicate and seed -> its FINISHED child's run id, every one with a model."""
+    from memgen.analyse import check_model_run  # noqa: PLC0415
+
+    key = "replicate.models"
+    source = replicate_parent(client, source_id, key)
+    kids = finished_children(client, source)
+    if not kids:
+        raise ConfigError(f"{key}: replicate {source_id} has no finished seed to re-analyse")
+    for run in kids.values():
+        check_model_run(client, run.info.run_id, key)
+    return source, {seed: run.info.run_id for seed, run in sorted(kids.items())}
+
+
 def find_parent(client: MlflowClient, cfg: DictConfig, key: str) -> str | None:
     runs = runs_tagged(client, cfg.tracking.experiment, {KEY_TAG: key,
                                                          "memgen.command": COMMAND})
@@ -119,12 +176,19 @@ def replicate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     """Run (or resume) every seed, then aggregate and score on the parent run."""
     check_store(cfg)
     started = time.time()
+    client = MlflowClient(tracking_uri(cfg))
+    models: dict[int, str] = {}
     seeds = [int(s) for s in cfg.replicate.seeds]
     key = replicate_key(cfg)
     name = cfg.replicate.name or f"replicate-{cfg.task.name}-{key}"
-    client = MlflowClient(tracking_uri(cfg))
+    extra: dict[str, str] = {}
+    if cfg.replicate.models:  # the source's seeds, its models: nothing is trained
+        source, models = source_models(client, cfg.replicate.models)
+        seeds = sorted(models)
+        name = cfg.replicate.name or f"reanalyse-{source.info.run_name}-{key}"
+        extra = {MODELS_TAG: cfg.replicate.models}
     parent_id = find_parent(client, cfg, key)
-    tags = {KEY_TAG: key, "memgen.replicate.seeds": ",".join(map(str, seeds))}
+    tags = {KEY_TAG: key, "memgen.replicate.seeds": ",".join(map(str, seeds))} | extra
     context = (tracked_run(cfg, COMMAND, run_id=parent_id) if parent_id
                else tracked_run(cfg, COMMAND, run_name=name, extra_tags=tags))
     with context as parent:
@@ -132,14 +196,14 @@ def replicate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         todo = [s for s in seeds if s not in done]
         threads = threads_per_seed(cfg)
         print(f"memgen replicate: {name}, seeds {seeds}: {len(seeds) - len(todo)} finished "
-              f"earlier, {len(todo)} to run on {cfg.replicate.workers} worker(s) x {threads} "
-              f"thread(s)", file=sys.stderr)
+              f"earlier, {len(todo)} to {'re-analyse' if models else 'run'} on "
+              f"{cfg.replicate.workers} worker(s) x {threads} thread(s)", file=sys.stderr)
         if todo:
             from memgen.sweeps.worker import run_parallel  # noqa: PLC0415
 
             base = OmegaConf.to_container(cfg, resolve=True)
             base["trainer"]["num_threads"] = threads
-            jobs = [SeedJob(base, share, parent.run_id, name, worker=i)
+            jobs = [SeedJob(base, share, parent.run_id, name, worker=i, models=models or None)
                     for i, share in enumerate(split_seeds(todo, cfg.replicate.workers))]
             run_parallel(run_seeds, jobs, "memgen-replicate")
         finished = {s: r for s, r in _finished_seeds(client, cfg, parent.run_id).items()
@@ -170,7 +234,7 @@ class ReplicateResult:
 def summarise(cfg: DictConfig, per_seed: dict[int, dict[str, float]], failed: list[int]
               ) -> ReplicateResult:
     """Aggregates, per-seed table and scorecard from the finished seeds' metrics."""
-    table = aggregate(per_seed) if per_seed else None
+    table = aggregate(per_seed, float(cfg.claims.max_p_value)) if per_seed else None
     scored = {seed: score_claims(m, cfg.claims) for seed, m in per_seed.items()}
     long, summary = claims_over_seeds(scored, failed)
     metrics = aggregate_metrics(table) if table is not None else {}

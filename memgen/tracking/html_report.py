@@ -123,3 +123,14 @@ def analysis_sections(analysis) -> list[tuple[str, str]]:
         out.append(("Skipped stages", "<ul>" + "".join(
             f"<li>{esc(k)}: {esc(v)}</li>" for k, v in analysis.skipped.items()) + "</ul>"))
     return out
+
+
+def timings(metrics: Mapping[str, float]) -> str:
+    """``time/<stage>_s`` as a table, slowest first: where the run's wall time went
+    (``analysis`` and ``total`` are sums that contain the stages around them)."""
+    rows = [{"stage": key.removeprefix("time/").removesuffix("_s"), "seconds": float(value)}
+            for key, value in metrics.items()
+            if key.startswith("time/") and key.endswith("_s") and math.isfinite(float(value))]
+    frame = pd.DataFrame(rows, columns=["stage", "seconds"])
+    return table(frame.sort_values("seconds", ascending=False, kind="stable"), 40)
+

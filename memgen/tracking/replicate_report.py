@@ -45,6 +45,8 @@ def claim_figure(claim: str, long: pd.DataFrame, summary_row) -> plt.Figure:
         err = [[mean - low], [high - mean]] if math.isfinite(low) else None
         ax.errorbar([0.4], [mean], yerr=err, fmt="s", color="black", capsize=6,
                     label="mean, 95% CI")
+    elif math.isfinite(getattr(summary_row, "median", math.nan)):  # a p-value: no mean
+        ax.scatter([0.4], [summary_row.median], marker="s", color="black", label="median")
     ax.axhline(summary_row.threshold, color="tab:red", linestyle="--",
                label=f"threshold ({summary_row.op} {summary_row.threshold:g})")
     ax.set_xlim(-0.5, 1.0)
@@ -81,6 +83,15 @@ def key_aggregates(aggregates: pd.DataFrame | None) -> pd.DataFrame:
     return rows.sort_values("metric", key=lambda s: s.map(order))
 
 
+def timing_table(aggregates: pd.DataFrame | None) -> str:
+    """The children's ``time/<stage>_s`` over seeds, slowest stage first."""
+    if aggregates is None or aggregates.empty:
+        return html_report.table(None)
+    rows = aggregates[aggregates["metric"].str.startswith("time/")]
+    rows = rows.sort_values("mean", ascending=False, kind="stable")
+    return html_report.table(rows[["metric", "n", "mean", "min", "max"]], 40)
+
+
 def log_replicate_report(parent: TrackedRun, result, pngs: dict[str, bytes]) -> None:
     """``report.html`` and the description of a replicate parent: scorecard, key metrics with
     their across-seed CIs, the claim figures, then the full tables."""
@@ -91,6 +102,7 @@ def log_replicate_report(parent: TrackedRun, result, pngs: dict[str, bytes]) -> 
                 ("Key metrics (mean and 95% CI over seeds)",
                  html_report.table(key[["metric", *keep]] if len(key) else key, 30)),
                 ("Figures", html_report.figures(pngs)),
+                ("Stage timings (s, mean over seeds)", timing_table(result.aggregates)),
                 ("Per seed", html_report.table(result.per_seed, 50)),
                 ("All aggregates", html_report.table(result.aggregates, 60,
                                                      "all: replicate/aggregates.csv"))]

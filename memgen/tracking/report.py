@@ -66,6 +66,8 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
     import pandas as pd  # noqa: PLC0415
 
     run.log_frame(pd.DataFrame(rows), "behavior/outputs.parquet")
+    run.log_frame(b.split_table(), "behavior/splits.parquet")
+    run.log_frame(b.pair_table(), "behavior/pairs.parquet")
     if analysis.neurons is not None:
         run.log_frame(analysis.neurons.table, "neurons/neurons.parquet")
         pngs["neurons/abs_r_heatmap.png"] = run.log_figure(
@@ -131,7 +133,8 @@ def finish_run(run: TrackedRun, metrics: dict[str, float], best_checkpoint: str 
                 f"{run.run_id}")
     sections = [("Claims scorecard", html_report.scorecard(claims) if claims else ""),
                 ("Figures", html_report.figures(figures or {})),
-                *html_report.analysis_sections(analysis)]
+                *html_report.analysis_sections(analysis),
+                ("Stage timings (s)", html_report.timings(metrics))]
     run.log_text(html_report.page(name, subtitle, headline(metrics, claims), sections),
                  "report.html")
     return time.perf_counter() - started

@@ -178,10 +178,14 @@ def default_run_name(cfg: DictConfig, command: str) -> str:
     return f"{prefix}{cfg.task.name}-{model_label(cfg)}-s{cfg.seed}-{secrets.token_hex(2)}"
 
 
+# parents over several seeds: no ``seed`` tag (their seeds are ``memgen.replicate.seeds``)
+NO_SEED_COMMANDS = ("replicate",)
+
+
 def run_tags(cfg: DictConfig, command: str) -> dict[str, str]:
     """Tags that make runs filterable in the UI."""
     context = context_tags()
-    return context | {
+    tags = context | {
         "memgen.command": command,
         "task": cfg.task.name,
         "model.kind": cfg.model.kind,
@@ -191,6 +195,9 @@ def run_tags(cfg: DictConfig, command: str) -> dict[str, str]:
         "git.commit": context.get("mlflow.source.git.commit", "unknown"),
         "memgen.version": memgen.__version__,
     } | environment_tags() | process_tags()
+    if command in NO_SEED_COMMANDS:
+        tags.pop("seed")
+    return tags
 
 
 # config sections that apply to one model kind only (the others stay out of the params)
