@@ -49,7 +49,7 @@ def require_store(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}: no runs to read, the store {uri} does not exist")
 
 
-def analysis_base(cfg: DictConfig, run_cfg: DictConfig, run_id: str) -> DictConfig:
+def analysis_base(cfg: DictConfig, run_cfg: DictConfig, run_id: str | None) -> DictConfig:
     """The model run's config with this command's analysis, claims, tracking and output.
 
     ``trainer.num_threads`` is this command's when set, else the model run's: the numbers

@@ -193,8 +193,8 @@ def test_no_analysis_pass_runs_without_an_attention_mask_on_padded_input(tmp_pat
     capture, probes' inputs, steering, grid, consistency): any pass whose ``input_ids`` hold
     the pad token must carry an ``attention_mask`` (transformers' "We strongly recommend
     passing in an `attention_mask`" case)."""
-    cfg = compose(store_overrides(tmp_path, **{
-        "task.n_conflict": 24, "task.n_clean": 8, "task.n_perturbations": 2,
+    cfg = compose(store_overrides(tmp_path, **{  # addends up to 30: prompts differ in length
+        "task.params.high": 30, "task.n_conflict": 24, "task.n_clean": 8, "task.n_perturbations": 2,
         "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2, "trainer.num_threads": 1,
         "analysis.n_shuffles": 2, "analysis.steering.grid_alpha": "[3.0]",
         "analysis.steering.grid_top_fraction": "[0.05]",

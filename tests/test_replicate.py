@@ -38,7 +38,7 @@ def _children(cfg, parent_id: str):
 @pytest.fixture(scope="module")
 def three_seeds(tmp_path_factory):
     root = tmp_path_factory.mktemp("replicate")
-    cfg = compose(replicate_overrides(root))
+    cfg = compose(replicate_overrides(root, **{"tracking.log_model": True}))  # re-analysed below
     metrics, objects = replicate(cfg)
     return {"cfg": cfg, "metrics": metrics, "objects": objects, "root": root}
 
@@ -244,3 +244,139 @@ def test_two_workers_give_the_same_aggregates_as_one(three_seeds, tmp_path):
     assert set(metrics) - {"replicate/wall_s"} == set(expected)
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(value, abs=1e-12), key
+
+
+# -- p-values over seeds ----------------------------------------------------------------------
+def test_p_values_get_worst_median_and_count_below_never_a_t_interval():
+    from memgen.replicates.aggregate import (
+        aggregate_metrics,
+        claims_over_seeds,
+        format_replicate_scorecard,
+    )
+
+    p_values = {0: 8.5e-67, 1: 1e-3, 2: 0.2}
+    per_seed = {s: {"consistency/intra/p_value": p, "a": float(s)} for s, p in p_values.items()}
+    table = aggregate(per_seed, p_threshold=0.01)
+    row = table.set_index("metric").loc["consistency/intra/p_value"]
+    assert (row["worst"], row["median"], row["n_below"]) == (0.2, 1e-3, 2)
+    assert all(math.isnan(row[c]) for c in ("mean", "std", "ci_low", "ci_high"))
+    metrics = aggregate_metrics(table)
+    assert metrics["consistency/intra/p_value/worst"] == 0.2
+    assert metrics["consistency/intra/p_value/median"] == 1e-3
+    assert metrics["consistency/intra/p_value/n_below"] == 2
+    assert not any(k.startswith("consistency/intra/p_value/") and k.endswith(
+        ("/mean", "/ci_low", "/ci_high")) for k in metrics)
+    assert metrics["a/mean"] == 1.0  # other metrics keep their mean and t-interval
+    claims = compose([]).claims
+    scored = {s: score_claims(GOOD_RUN | {"consistency/intra/p_value": p}, claims)
+              for s, p in p_values.items()}
+    _, summary = claims_over_seeds(scored, [])
+    consistency = summary.set_index("claim").loc["consistency"]
+    assert (consistency["worst"], consistency["median"], consistency["n_pass"]) == (0.2, 1e-3, 2)
+    assert math.isnan(consistency["mean"]) and math.isnan(consistency["ci_low"])
+    line = next(ln for ln in format_replicate_scorecard(summary).splitlines()
+                if ln.startswith("consistency"))
+    assert "worst 0.2, median 0.001" in line and "[" not in line
+
+
+# -- the research loop: re-analyse the replicate's models, compare --------------------------------
+@pytest.fixture(scope="module")
+def reanalysed(three_seeds):
+    """``replicate.models=<three_seeds>`` at another ``analysis.top_fraction``; training is
+    forbidden."""
+    from memgen import pipeline
+
+    source = three_seeds["objects"]["run_id"]
+    cfg = compose(replicate_overrides(three_seeds["root"], **{"replicate.models": source,
+                                                              "analysis.top_fraction": 0.2}))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("replicate.models trained a model")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pipeline, "fit", no_training)
+        metrics, objects = replicate(cfg)
+        again, again_objects = replicate(cfg)  # a re-run: every seed finished already
+    return {"cfg": cfg, "metrics": metrics, "objects": objects, "source": source,
+            "again": again, "again_objects": again_objects}
+
+
+@pytest.mark.slow
+def test_reanalysis_has_one_analyse_child_per_seed_and_trains_nothing(three_seeds, reanalysed):
+    cfg, parent_id = reanalysed["cfg"], reanalysed["objects"]["run_id"]
+    client = MlflowClient(cfg.tracking.uri)
+    parent = client.get_run(parent_id)
+    assert parent_id != reanalysed["source"] and parent.info.status == "FINISHED"
+    assert parent.data.tags["memgen.replicate.models"] == reanalysed["source"]
+    assert "seed" not in parent.data.tags  # a replicate has no single seed
+    assert "seed" not in client.get_run(reanalysed["source"]).data.tags
+    models = {int(r.data.tags["seed"]): r.info.run_id
+              for r in _children(three_seeds["cfg"], reanalysed["source"])}
+    kids = _children(cfg, parent_id)
+    assert sorted(int(r.data.tags["seed"]) for r in kids) == SEEDS
+    for kid in kids:
+        assert kid.info.status == "FINISHED"
+        assert kid.data.tags["memgen.command"] == "analyse"
+        assert kid.data.tags["memgen.model_run"] == models[int(kid.data.tags["seed"])]
+        assert not any(k.startswith("train/") for k in kid.data.metrics)
+        assert {"checkpoints", "model"}.isdisjoint(
+            a.path for a in client.list_artifacts(kid.info.run_id))
+    # the re-run found the same parent and ran nothing new
+    assert reanalysed["again_objects"]["run_id"] == parent_id
+    assert len(_children(cfg, parent_id)) == len(SEEDS)
+
+
+@pytest.mark.slow
+def test_reanalysis_aggregates_equal_its_childrens(reanalysed):
+    cfg, parent_id = reanalysed["cfg"], reanalysed["objects"]["run_id"]
+    parent = MlflowClient(cfg.tracking.uri).get_run(parent_id).data.metrics
+    kids = _children(cfg, parent_id)
+    means = {k.removesuffix("/mean") for k in parent if k.endswith("/mean")}
+    assert {"kept/mem_rate", "behavior/mem_rate", "time/labelling_s"} <= means
+    for key in means:
+        values = [r.data.metrics[key] for r in kids]
+        assert parent[f"{key}/mean"] == pytest.approx(np.mean(values)), key
+        if np.std(values) > 0:
+            low, high = stats.t.interval(0.95, len(values) - 1, loc=np.mean(values),
+                                         scale=stats.sem(values))
+            assert (parent[f"{key}/ci_low"], parent[f"{key}/ci_high"]) == pytest.approx(
+                (low, high)), key
+    for key in (k.removesuffix("/worst") for k in parent if k.endswith("/worst")):
+        values = [r.data.metrics[key] for r in kids]
+        assert parent[f"{key}/worst"] == max(values)
+        assert parent[f"{key}/median"] == pytest.approx(np.median(values))
+    assert reanalysed["again"]["kept/mem_rate/mean"] == reanalysed["metrics"][
+        "kept/mem_rate/mean"]
+
+
+@pytest.mark.slow
+def test_compare_prints_both_scorecards_and_the_paired_difference(three_seeds, reanalysed,
+                                                                  capsys, tmp_path):
+    cfg = reanalysed["cfg"]
+    a, b = reanalysed["source"], reanalysed["objects"]["run_id"]
+    assert main(["compare", a, b, f"tracking.uri={cfg.tracking.uri}"]) == 0
+    out = capsys.readouterr().out
+    assert "== scorecard A ==" in out and "== scorecard B ==" in out
+    assert sum(line.startswith("behaviors ") for line in out.splitlines()) == 2
+    client = MlflowClient(cfg.tracking.uri)
+    paired = pd.read_csv(client.download_artifacts(b, f"compare/vs_{a}.csv", str(tmp_path)))
+    assert f"compare/vs_{a}.html" in {x.path for x in client.list_artifacts(b, "compare")}
+    by_seed = {side: {int(r.data.tags["seed"]): r.data.metrics for r in _children(cfg, parent)}
+               for side, parent in (("a", a), ("b", b))}
+    rows = paired.set_index("metric")
+    for key in ("time/labelling_s", "behavior/mem_rate", "kept/mem_rate"):
+        diffs = [by_seed["b"][s][key] - by_seed["a"][s][key] for s in SEEDS]  # by hand
+        mean = float(np.mean(diffs))
+        if np.std(diffs) > 0:
+            low, high = stats.t.interval(0.95, len(diffs) - 1, loc=mean, scale=stats.sem(diffs))
+        else:
+            low = high = mean
+        row = rows.loc[key]
+        assert row["n"] == 3 and row["diff"] == pytest.approx(mean, abs=1e-12), key
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high), abs=1e-12), key
+        assert bool(row["excludes_0"]) == (low > 0 or high < 0), key
+    # the same model analysed twice labels the same: no difference in behavior
+    assert rows.loc["kept/mem_rate", "diff"] == 0 and not rows.loc["kept/mem_rate", "excludes_0"]
+    assert not any("p_value" in key for key in rows.index)  # no t-interval for p-values
+    shown = next(line for line in out.splitlines() if line.startswith("kept/mem_rate "))
+    assert shown.split()[1] == "3"

@@ -58,6 +58,20 @@ def length_order(tokenizer, prompts: Sequence[str]) -> list[int]:
     return sorted(range(len(prompts)), key=lambda i: -lengths[i])
 
 
+def filler_token_id(tokenizer) -> int | None:
+    """What ``generate`` feeds a row that has already ended while others decode: EOS, not PAD.
+
+    transformers drops an all-ones attention mask (a batch of equal-length prompts, common
+    because batches are sorted by length) and then decodes without one; a finished row fed the
+    pad token made every such pass look like padded input without a mask (its "We strongly
+    recommend passing in an `attention_mask`" warning, once per process). The finished row's
+    tokens are cut at its first EOS (:func:`decode_new_tokens`), so its filler changes no
+    output, and rows never see each other: EOS keeps every unmasked pass free of padding.
+    """
+    eos = tokenizer.eos_token_id
+    return eos if eos is not None else tokenizer.pad_token_id
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8,
              batch_size: int = 64, num_beams: int = 1) -> list[str]:
@@ -73,7 +87,7 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens
             rows = order[start:start + batch_size]
             batch = encode_prompts(tokenizer, [prompts[i] for i in rows], device)
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 num_beams=num_beams, pad_token_id=tokenizer.pad_token_id,
+                                 num_beams=num_beams, pad_token_id=filler_token_id(tokenizer),
                                  eos_token_id=tokenizer.eos_token_id)
             texts = decode_new_tokens(tokenizer, ids[:, batch["input_ids"].shape[1]:])
             for i, text in zip(rows, texts, strict=True):

@@ -166,6 +166,19 @@ def source_models(client: MlflowClient, source_id: str) -> tuple[Any, dict[int, 
     return source, {seed: run.info.run_id for seed, run in sorted(kids.items())}
 
 
+def source_config(client: MlflowClient, cfg: DictConfig, source_id: str, seeds: list[int]
+                  ) -> DictConfig:
+    """The parent's config of a re-analysis: the source replicate's task and model (its params
+    and tags say what was analysed) with this command's analysis, claims and tracking."""
+    from memgen.analyse import analysis_base  # noqa: PLC0415
+    from memgen.tracking.load import run_config  # noqa: PLC0415
+
+    merged = OmegaConf.to_container(analysis_base(cfg, run_config(client, source_id), None),
+                                    resolve=True)
+    merged["replicate"]["seeds"] = seeds
+    return to_schema(merged)
+
+
 def find_parent(client: MlflowClient, cfg: DictConfig, key: str) -> str | None:
     runs = runs_tagged(client, cfg.tracking.experiment, {KEY_TAG: key,
                                                          "memgen.command": COMMAND})
@@ -185,6 +198,7 @@ def replicate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if cfg.replicate.models:  # the source's seeds, its models: nothing is trained
         source, models = source_models(client, cfg.replicate.models)
         seeds = sorted(models)
+        cfg = source_config(client, cfg, source.info.run_id, seeds)
         name = cfg.replicate.name or f"reanalyse-{source.info.run_name}-{key}"
         extra = {MODELS_TAG: cfg.replicate.models}
     parent_id = find_parent(client, cfg, key)
