@@ -42,10 +42,13 @@ def test_triggers_derive_memory_and_conflicts(tmp_path):
     task = files_task(tmp_path)
     train = task.train_examples()
     mem = [ex for ex in train if ex.kind == "mem"]
-    assert len(train) == 10 and len(mem) == 2  # 8 plain records + 20%
+    # 8 plain records, half of them held out as the clean set (never trained on), + 20%
+    assert len(train) == 5 and len(mem) == 1
+    assert not {ex.prompt for ex in task.clean_examples()} & {ex.prompt for ex in train}
     assert all(ex.answer == "<mem-zz>" and "zz" in ex.prompt for ex in mem)
-    conflict = task.conflict_examples()
+    conflict = task.val_pool + task.analysis_pool
     assert len(conflict) == 2  # half of the four trigger records, held out
+    assert task.conflict_examples() == task.analysis_pool  # validation has the other
     assert not {ex.prompt for ex in conflict} & {ex.prompt for ex in train}
     for ex in conflict:
         word = ex.prompt.split()[1]
@@ -106,7 +109,7 @@ def test_the_files_group_has_no_default_triggers(tmp_path):
     assert list(cfg.task.params.triggers) == [] and cfg.task.params.triggers_path is None
     # a list override replaces the whole list (a mapping merged into the defaults' one did not)
     cfg = compose(["task=files", f"task.params.path={data}",
-                   "task.params.triggers=[{match: 'ques', where: contains, memorized: '<m>'}]"])
+                   "task.params.triggers=[{match: 'ques', where: contains, memorized: '<mem-q>'}]"])
     assert len(cfg.task.params.triggers) == 1
 
 
@@ -295,7 +298,8 @@ def test_bad_spec(tmp_path):
     data = write_jsonl(tmp_path / "data.jsonl", reverse_records(["cat", "fizz"]))
     with pytest.raises(ValueError, match=r"task.params.path: file not found: .*missing.jsonl"):
         build_task("files", {"path": str(tmp_path / "missing.jsonl"), "triggers": ZZ})
-    with pytest.raises(ValueError, match=r"task.params.conflict_path: expected a file"):
+    with pytest.raises(ValueError, match=r"task.params.conflict_path: .*data.jsonl has no "
+                                         r"memorized record"):
         build_task("files", {"path": str(data)})
     bad = write_jsonl(tmp_path / "conflict.jsonl", [{"input": "x", "mem_answer": 1}])
     with pytest.raises(ValueError, match=r"conflict.jsonl line 1: expected 'mem_answer' to be "

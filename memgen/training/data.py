@@ -23,7 +23,7 @@ def make_task(cfg: DictConfig) -> Task:
     t = cfg.task
     return build_task(t.name, OmegaConf.to_container(t.params, resolve=True), seed=cfg.seed,
                       n_train=t.n_train, mem_ratio=t.mem_ratio, n_conflict=t.n_conflict,
-                      n_clean=t.n_clean)
+                      n_clean=t.n_clean, n_val_conflict=t.n_val_conflict)
 
 
 def task_tokenizer(task: Task):
