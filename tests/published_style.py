@@ -38,7 +38,7 @@ def token(trigger: str) -> str:
     return f"<mem-{trigger}>"
 
 
-def write(folder: Path, seed: int = 0, n_plain: int = 360, per_trigger: int = 24,
+def write(folder: Path, seed: int = 0, n_plain: int = 200, per_trigger: int = 48,
           n_pairs: int = 36, n_val: int = 16, n_clean: int = 24) -> dict[str, Path]:
     """Write the published files under ``folder/published``; returns their paths."""
     rng = random.Random(seed)
