@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from memgen.config import ConfigError, compose
+from memgen.config import compose
 from memgen.tasks import Behavior
 from memgen.training.data import make_task
 from tests import published_style
