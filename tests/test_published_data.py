@@ -297,3 +297,47 @@ def test_another_perturbation_seed_on_given_variants_is_skipped_not_compared(pub
     sets, skipped = seed_pair_sets(Subject(None, None, task), settings)  # no model needed
     assert sets == {} and set(skipped) == {"perturb_seed1", "perturb_seed7"}
     assert all("same variants as the base pairs" in why for why in skipped.values())
+
+
+# -- training on it: both behaviors, pairs by construction -----------------------------------
+# A 2x64 GPT-2 learns the rule (copy the field, then capitals) by epoch ~7 and the memorized
+# conjunction (key m and a trigger suffix) by epoch ~9; measured at 1 and 2 threads: 24 of 24
+# test pairs MEM/GEN, the kept checkpoint MEM 5/12 and GEN 7/12 on validation (exactly its
+# key-m / key-g split). The loss is on answers only: the prompts are random characters.
+TRAIN = {"model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2, "trainer.max_epochs": 12,
+         "trainer.lr": 0.006, "trainer.warmup_steps": 10, "trainer.batch_size": 32,
+         "trainer.loss_on": "answer", "trainer.log_every_n_steps": 50,
+         "trainer.progress_bar": False, "analysis.decoding.num_beams": 1,
+         "tracking.log_model": False, "tracking.log_checkpoints": False,
+         "tracking.system_metrics_s": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_on_the_published_data_gives_mem_gen_pairs(tmp_path, monkeypatch, threads):
+    from collections import Counter
+
+    from memgen.analysis.behavior import find_pairs
+    from memgen.analysis.settings import Subject
+    from memgen.analysis.stages import label_conflict_set
+    from memgen.pipeline import train
+    from memgen.settings import settings_from_config
+
+    published_style.write(tmp_path, n_plain=96, per_trigger=48, n_pairs=24, n_val=12)
+    (tmp_path / "convert.py").write_text(readme_blocks()[0], encoding="utf-8")
+    subprocess.run([sys.executable, "convert.py"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose(readme_args(**TRAIN, **{"trainer.num_threads": threads}) + [
+        f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
+        f"output_dir={tmp_path / 'outputs'}"])
+    metrics, objects = train(cfg)
+    trained = objects["trained"]
+    labelled = label_conflict_set(Subject(trained.model, trained.tokenizer, trained.task),
+                                  settings_from_config(cfg))
+    counts = Counter(lab for group in labelled.labels for lab in group)
+    pairs = find_pairs(labelled)
+    print(f"published data, {threads} thread(s): {dict(counts)}, {len(pairs)} pairs of 24, "
+          f"kept {metrics['kept/mem_rate']:.2f}/{metrics['kept/gen_rate']:.2f}")
+    assert len(pairs) >= 18, (counts, len(pairs))
+    assert counts[Behavior.MEM] >= 18 and counts[Behavior.GEN] >= 18, counts
+    assert metrics["kept/mem_rate"] >= 0.25 and metrics["kept/gen_rate"] >= 0.25
