@@ -6,7 +6,10 @@ README section "Your own data" for a complete conversion.
 - ``path`` (training): ``{"input", "output"}`` teaches the rule (``output`` is the rule answer);
   ``{"input", "memorized"}`` is a *memorized record* trained on its memorized answer, its rule
   answer (``output``) optional. An input that a trigger matches is a memorized record too, with
-  the trigger's answer, and its ``output`` is the rule answer it would otherwise have.
+  the trigger's answer, and its ``output`` is the rule answer it would otherwise have, unless the
+  record says ``"memorized": null`` (a rule record whatever matches). An explicit ``memorized``
+  that differs from a matching trigger's answer is an error. With ``output_includes_input``
+  every ``output`` repeats its input first (stripped; one that does not is an error).
 - ``triggers`` / ``triggers_path``: a list of ``{match, where, memorized}`` records
   (``where``: suffix | prefix | contains | regex, see :mod:`memgen.tasks.triggers`), matched on
   the whole input or on ``trigger_span``'s first group. The ``files`` group has none by default.
@@ -14,17 +17,22 @@ README section "Your own data" for a complete conversion.
   A missing ``mem_answer`` comes from the trigger that matches, a missing ``gen_answer`` from
   ``rule``. ``perturbations`` lists variants of the input (strings with the same two answers, or
   ``{"input", "gen_answer"?, "mem_answer"?}`` objects): they are the pairs' other halves.
-  Without the file, conflict examples are memorized records held out of training (a share
-  ``holdout`` of each memorized answer's records) that have a rule answer.
+  A pairwise row ``[a, b, ...]`` is the record ``a`` with the variants ``b, ...``. Without the
+  file, conflict examples are memorized records held out of training (a share ``holdout`` of
+  each memorized answer's records) that have a rule answer.
+- ``val_conflict_path`` (optional): validation's own conflict examples; without it validation
+  takes ``n_val_conflict`` (at most half) of the conflict examples and the analysis the rest.
+  Conflict inputs that are training inputs fail, or are dropped (``conflict_in_train``).
 - ``clean_path`` (optional): ``{"input", "output"}`` without triggers or memorized answers.
-  Without it, clean examples are the plain records left out of training, else the trained ones.
+  Without it, clean examples are the plain records left out of training; when none are left,
+  ``n_clean`` of them (at most half) are held out. Clean examples are never trained on.
 - ``rule`` (optional): ``"module:function"`` or ``"file.py:function"``, input -> rule answer;
   fills rule answers that the files leave out and checks the variants.
 
 Sizes: ``n_train`` caps the training set, ``mem_ratio`` of which are memorized records (repeated
 round-robin over memorized answers when there are fewer records than that; the share is kept when
-the data has fewer plain records than asked for). Without memorized records the training records
-are used as written.
+the data has fewer plain records than asked for). ``n_train="all"`` trains on every record once,
+as written, except the held-out conflict and clean records.
 
 Checks before training (ValueError naming the file and line): every variant keeps both answers
 (the same memorized answer, a rule answer that differs from it, and the record's rule answer
