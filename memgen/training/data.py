@@ -29,6 +29,10 @@ def make_task(cfg: DictConfig) -> Task:
 def task_tokenizer(task: Task):
     """A character tokenizer covering every text the task can produce, memorized tokens whole."""
     examples = task.train_examples() + task.conflict_examples() + task.clean_examples()
+    try:  # validation may have examples of its own (task=files: val_conflict_path)
+        examples += task.conflict_examples(stream="val_conflict")
+    except ValueError:  # too few to split: memgen.training.task_checks says so
+        pass
     texts = [ex.text for ex in examples] + [ex.gen_answer or "" for ex in examples]
     return build_char_tokenizer(texts, task.memorized_tokens)
 
