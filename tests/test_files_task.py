@@ -316,7 +316,7 @@ def test_a_too_long_sequence_fails_up_front_with_exit_2(tmp_path, capsys):
     data = write_jsonl(tmp_path / "long.jsonl", records)
     args = tiny_overrides(tmp_path, **{"task": "files", "task.params.path": data,
                                       "task.params.triggers": "[{match: zz, memorized: '<m>'}]",
-                                      "trainer.max_epochs": 1})
+                                      "task.max_new_tokens": 120, "trainer.max_epochs": 1})
     assert main(["train", *args]) == 2
     err = capsys.readouterr().err
     assert "model.n_positions: the longest sequence is" in err
