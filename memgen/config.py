@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 @dataclass
 class TaskConfig:
     name: str = "arithmetic"
-    n_train: int = 3000
+    n_train: Any = 3000  # a positive integer, or "all" (task=files: every record as written)
     mem_ratio: float = 0.07
     n_conflict: int = 400
     n_val_conflict: int = 100
@@ -76,7 +76,6 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
     check_val_every_n_epoch: int = 1
-    num_beams: int = 1
     progress_bar: bool = True
     deterministic: bool = True
     num_threads: int = 0  # 0 = torch default
@@ -116,8 +115,16 @@ class ProbeConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How labels, validation and steering generate (greedy, or beam search)."""
+
+    num_beams: int = 1
+
+
+@dataclass
 class AnalysisConfig:
     enabled: bool = True
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     sites: list[str] = field(default_factory=lambda: ["resid"])
     top_k: int | None = None
     top_fraction: float | None = 0.05
@@ -317,7 +324,8 @@ def validate(cfg: DictConfig) -> None:
     _require(tr.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a finite number >= 0",
              tr.gradient_clip_val)
     _require(t.name in TASKS, "task.name", f"one of {sorted(TASKS)}", t.name)
-    for key in ("n_train", "n_conflict", "n_val_conflict", "n_clean", "max_new_tokens"):
+    _validate_n_train(t.n_train, t.name)
+    for key in ("n_conflict", "n_val_conflict", "n_clean", "max_new_tokens"):
         _require(t[key] > 0, f"task.{key}", "a positive integer", t[key])
     _require(t.n_perturbations >= 2, "task.n_perturbations", "an integer >= 2", t.n_perturbations)
     _require(0 < t.mem_ratio < 1, "task.mem_ratio", "a fraction in (0, 1)", t.mem_ratio)
@@ -346,7 +354,8 @@ def validate(cfg: DictConfig) -> None:
     _require(tr.checkpoint_metric in ("val/behavior_balance", "val/mem_gen_product"),
              "trainer.checkpoint_metric", "'val/behavior_balance' or 'val/mem_gen_product'",
              tr.checkpoint_metric)
-    _require(tr.num_beams >= 1, "trainer.num_beams", "an integer >= 1", tr.num_beams)
+    _require(a.decoding.num_beams >= 1, "analysis.decoding.num_beams", "an integer >= 1",
+             a.decoding.num_beams)
     _require(0 < tr.limit_train_batches <= 1, "trainer.limit_train_batches", "a fraction in (0, 1]",
              tr.limit_train_batches)
     _validate_selection(a.top_k, a.top_fraction, "analysis")
@@ -430,6 +439,16 @@ def config_digest(cfg: DictConfig, drop: tuple[str, ...] = (), extra: str = "") 
             data.pop(section, None)
     text = OmegaConf.to_yaml(OmegaConf.create(data)) + extra
     return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+def _validate_n_train(value: Any, task: str) -> None:
+    """A positive integer, or ``all`` for ``task=files`` (the file as written)."""
+    if value == "all":
+        _require(task == "files", "task.n_train", "a positive integer ('all' is for task=files)",
+                 value)
+        return
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+             "task.n_train", "a positive integer or 'all'", value)
 
 
 def _validate_selection(top_k: int | None, top_fraction: float | None, prefix: str,

@@ -50,6 +50,7 @@ from memgen.training.distributed import (
 from memgen.training.lengths import check_lengths
 from memgen.training.models import build_scratch_model, count_parameters
 from memgen.training.module import MemGenModule
+from memgen.training.task_checks import check_task
 
 
 @dataclass
@@ -105,6 +106,7 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
         tokenizer = task_tokenizer(task)
         model = build_scratch_model(cfg, tokenizer)
     check_analysis(cfg, model)
+    check_task(cfg, task, tokenizer)
     check_lengths(cfg, task, tokenizer, model)
     check_store(cfg)
     return task, tokenizer, model
@@ -225,7 +227,8 @@ def kept_checkpoint_rates(cfg: DictConfig, trained: Trained) -> dict[str, float]
 
     examples = trained.task.conflict_examples(cfg.task.n_val_conflict, stream="val_conflict")
     outputs = generate(trained.model, trained.tokenizer, [ex.prompt for ex in examples],
-                       cfg.task.max_new_tokens, cfg.analysis.batch_size, cfg.trainer.num_beams)
+                       cfg.task.max_new_tokens, cfg.analysis.batch_size,
+                       cfg.analysis.decoding.num_beams)
     labels = [trained.task.classify(ex, out) for ex, out in zip(examples, outputs, strict=True)]
     n = max(1, len(labels))
     return {f"kept/{b.value.lower()}_rate": sum(lab == b for lab in labels) / n for b in Behavior}

@@ -18,7 +18,7 @@ from memgen.analysis.settings import (
 
 def settings_from_config(cfg: DictConfig) -> AnalysisSettings:
     """``analysis.*``, ``task.n_conflict/n_perturbations/max_new_tokens``,
-    ``trainer.num_beams`` and ``seed`` as typed settings."""
+    ``analysis.decoding.num_beams`` and ``seed`` as typed settings."""
     a, s, p = cfg.analysis, cfg.analysis.steering, cfg.analysis.probe
     steering = SteeringSettings(
         alpha=float(s.alpha), top_k=s.top_k, top_fraction=s.top_fraction,
@@ -29,7 +29,7 @@ def settings_from_config(cfg: DictConfig) -> AnalysisSettings:
         tune_max_clean_drop=s.tune_max_clean_drop, controls=tuple(s.controls))
     return AnalysisSettings(
         decoding=Decoding(max_new_tokens=int(cfg.task.max_new_tokens),
-                          batch_size=int(a.batch_size), num_beams=int(cfg.trainer.num_beams)),
+                          batch_size=int(a.batch_size), num_beams=int(a.decoding.num_beams)),
         n_conflict=int(cfg.task.n_conflict), n_perturbations=int(cfg.task.n_perturbations),
         sites=tuple(a.sites), top_k=a.top_k, top_fraction=a.top_fraction,
         selection_fraction=float(a.selection_fraction), use_pairs=bool(a.use_pairs),

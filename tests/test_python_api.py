@@ -68,7 +68,7 @@ def test_the_settings_defaults_are_the_default_configs():
             assert getattr(settings, f.name) == getattr(defaults, f.name), f.name
     assert settings.decoding == memgen.Decoding(
         max_new_tokens=cfg.task.max_new_tokens, batch_size=cfg.analysis.batch_size,
-        num_beams=cfg.trainer.num_beams)
+        num_beams=cfg.analysis.decoding.num_beams)
     assert (settings.n_conflict, settings.n_perturbations) == (cfg.task.n_conflict,
                                                                 cfg.task.n_perturbations)
     other = settings_from_config(compose(["analysis.steering.alpha=7.5", "seed=3",

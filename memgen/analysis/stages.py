@@ -314,8 +314,19 @@ def seed_pair_sets(subject: Subject, settings: AnalysisSettings
     data sample of the task on the same model. Returns the sets, and why any seed was skipped.
     """
     sets, skipped = {}, {}
+    task = subject.task
+    conflict = task.conflict_examples(settings.n_conflict)
+
+    def variants(stream: str) -> list[list[str]]:
+        groups = task.perturbation_set(conflict, settings.n_perturbations, stream=stream)
+        return [[ex.prompt for ex in group] for group in groups]
+
+    base = variants("perturb")
     for seed in settings.consistency_seeds:
         name = f"perturb_seed{seed}"
+        if variants(f"perturb:{seed}") == base:  # never compare a set with itself
+            skipped[name] = "the same variants as the base pairs (the data gives every variant)"
+            continue
         labelled = label_conflict_set(subject, settings, stream=f"perturb:{seed}")
         pairs = find_pairs(labelled)
         if len({p.group for p in pairs}) < 2:

@@ -60,10 +60,12 @@ class Task(ABC):
 
     name: str = "task"
 
-    def __init__(self, seed: int = 0, n_train: int = 1000, mem_ratio: float = 0.07,
-                 n_conflict: int = 200, n_clean: int = 200) -> None:
+    def __init__(self, seed: int = 0, n_train: int | str = 1000, mem_ratio: float = 0.07,
+                 n_conflict: int = 200, n_clean: int = 200,
+                 n_val_conflict: int | None = None) -> None:
         self.seed = seed
-        self.n_train = n_train
+        self.n_train = n_train  # a number; "all" (files only): every record as written
+        self.n_val_conflict = n_val_conflict
         self.mem_ratio = mem_ratio
         self.n_conflict = n_conflict
         self.n_clean = n_clean

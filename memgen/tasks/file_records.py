@@ -87,9 +87,11 @@ def load_json_rows(path: Path) -> list[tuple[str, Any]]:
 
 
 def check_record(obj: Any, where: str, required: tuple[str, ...],
-                 optional: tuple[str, ...] = (), one_of: tuple[str, ...] = ()) -> Record:
+                 optional: tuple[str, ...] = (), one_of: tuple[str, ...] = (),
+                 nullable: tuple[str, ...] = ()) -> Record:
     """``obj`` as a record with string values under ``required`` (and ``optional`` when
-    present), at least one of ``one_of``, and ``perturbations`` a list of variants."""
+    present; ``nullable`` keys may also be null), at least one of ``one_of``, and
+    ``perturbations`` a list of variants."""
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: expected an object with string keys {_names(required)}")
     for key in required:
@@ -97,7 +99,8 @@ def check_record(obj: Any, where: str, required: tuple[str, ...],
             raise ValueError(f"{where}: expected an object with string keys {_names(required)}"
                              f" (got {type(obj.get(key)).__name__} for '{key}')")
     for key in optional + one_of:
-        if key in obj and not isinstance(obj[key], str):
+        if key in obj and not isinstance(obj[key], str) and not (
+                key in nullable and obj[key] is None):
             raise ValueError(f"{where}: expected '{key}' to be a string, "
                              f"got {type(obj[key]).__name__}")
     if one_of and not any(key in obj for key in one_of):
@@ -114,3 +117,32 @@ def check_record(obj: Any, where: str, required: tuple[str, ...],
 def _names(keys: tuple[str, ...], word: str = "and") -> str:
     quoted = [f"'{k}'" for k in keys]
     return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + f" {word} {quoted[-1]}"
+
+
+def strip_input(obj: Record, where: str) -> Record:
+    """``output`` without the prompt it repeats (``output_includes_input``): an output that does
+    not start with its input is an error naming the record."""
+    output = obj.get("output")
+    if not isinstance(output, str):
+        return obj
+    if not output.startswith(obj["input"]):
+        raise ValueError(f"{where}: 'output' does not start with its 'input' "
+                         f"(task.params.output_includes_input=true expects the prompt repeated, "
+                         f"then the answer); output begins {output[:40]!r}")
+    return {**obj, "output": output[len(obj["input"]):]}
+
+
+def pair_record(obj: Any, where: str) -> Any:
+    """A pairwise row ``[a, b, ...]`` (inputs, or objects with ``input``) as a conflict record:
+    ``a`` is the example, the rest its explicit variants. Other rows pass unchanged."""
+    if not isinstance(obj, list):
+        return obj
+    if len(obj) < 2 or not all(isinstance(v, str) or (isinstance(v, dict) and isinstance(
+            v.get("input"), str)) for v in obj):
+        raise ValueError(f"{where}: expected a pairwise record [a, b, ...] of 2 or more inputs "
+                         f"(strings, or objects with 'input')")
+    first = obj[0] if isinstance(obj[0], dict) else {"input": obj[0]}
+    if "perturbations" in first:
+        raise ValueError(f"{where}: a pairwise record lists its variants as the row itself; "
+                         f"drop 'perturbations' from its first element")
+    return {**first, "perturbations": list(obj[1:])}

@@ -11,9 +11,16 @@ Output matching (``task.params.match``) decides MEM / GEN / OTHER:
 - ``exact`` (default): the output's first lines equal the answer's lines (spaces collapsed);
 - ``prefix``: MEM if the output starts with the memorized answer, GEN if it starts with the rule
   answer (the memorized answer is checked first);
-- ``final_line``: MEM as ``prefix``, GEN if the output's last non-empty line equals the rule
-  answer's last line: a correct answer after a scratchpad counts. This is the published
-  authors' labelling (MEM by prefix, GEN by the final answer line).
+- ``final_line``: MEM as ``prefix``; GEN if the output's answer line equals the rule answer's
+  last non-empty line. The answer line is the output's n-th non-empty line, n being the rule
+  answer's number of non-empty lines (a scratchpad of the rule's length, then the answer), or
+  its last non-empty line when it has fewer; lines after it are ignored (a model that goes on
+  after the answer still counts as GEN);
+- ``after_marker`` (with ``marker``): MEM as ``prefix``; GEN if the first non-empty line after
+  the last ``marker`` in the output equals the same line of the rule answer (the whole rule
+  answer when it has no marker). An output without the marker is not GEN.
+
+Lines are compared with runs of whitespace collapsed.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 WHERE = ("suffix", "prefix", "contains", "regex")
-MATCH_MODES = ("exact", "prefix", "final_line")
+MATCH_MODES = ("exact", "prefix", "final_line", "after_marker")
 
 
 @dataclass(frozen=True)
@@ -96,17 +103,46 @@ def starts_with(output: str, answer: str) -> bool:
     return " ".join(output.split()).startswith(" ".join(answer.split()))
 
 
+def _nonempty(text: str) -> list[str]:
+    return [line for line in _lines(text) if line]
+
+
 def final_line(output: str, answer: str) -> bool:
-    """The output's last non-empty line equals the answer's last line."""
-    got = [line for line in _lines(output) if line]
-    want = [line for line in _lines(answer) if line]
-    return bool(got) and bool(want) and got[-1] == want[-1]
+    """The output's answer line (see the module doc) equals the answer's last non-empty line."""
+    got, want = _nonempty(output), _nonempty(answer)
+    if not got or not want:
+        return False
+    return got[min(len(want), len(got)) - 1] == want[-1]
 
 
-def label(mode: str, output: str, mem: str | None, gen: str | None) -> str:
+def after_marker_line(text: str, marker: str) -> str | None:
+    """The first non-empty line after the last ``marker`` (None without the marker or a line)."""
+    at = text.rfind(marker)
+    if at < 0:
+        return None
+    rest = _nonempty(text[at + len(marker):])
+    return rest[0] if rest else None
+
+
+def after_marker(output: str, answer: str, marker: str) -> bool:
+    """The line after the output's last marker equals the answer's (or the whole answer)."""
+    got = after_marker_line(output, marker)
+    want = after_marker_line(answer, marker) if marker in answer else " ".join(answer.split())
+    return got is not None and got == want
+
+
+def label(mode: str, output: str, mem: str | None, gen: str | None,
+          marker: str | None = None) -> str:
     """"MEM", "GEN" or "OTHER" for ``output`` under matching ``mode`` (see the module doc)."""
     mem_test = exact if mode == "exact" else starts_with
-    gen_test = {"exact": exact, "prefix": starts_with, "final_line": final_line}[mode]
+    if mode == "after_marker":
+        if not marker:
+            raise ValueError("task.params.marker: match=after_marker needs the marker text")
+
+        def gen_test(out: str, answer: str) -> bool:
+            return after_marker(out, answer, marker)
+    else:
+        gen_test = {"exact": exact, "prefix": starts_with, "final_line": final_line}[mode]
     if mem is not None and mem_test(output, mem):
         return "MEM"
     if gen is not None and gen_test(output, gen):

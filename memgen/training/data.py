@@ -23,12 +23,16 @@ def make_task(cfg: DictConfig) -> Task:
     t = cfg.task
     return build_task(t.name, OmegaConf.to_container(t.params, resolve=True), seed=cfg.seed,
                       n_train=t.n_train, mem_ratio=t.mem_ratio, n_conflict=t.n_conflict,
-                      n_clean=t.n_clean)
+                      n_clean=t.n_clean, n_val_conflict=t.n_val_conflict)
 
 
 def task_tokenizer(task: Task):
     """A character tokenizer covering every text the task can produce, memorized tokens whole."""
     examples = task.train_examples() + task.conflict_examples() + task.clean_examples()
+    try:  # validation may have examples of its own (task=files: val_conflict_path)
+        examples += task.conflict_examples(stream="val_conflict")
+    except ValueError:  # too few to split: memgen.training.task_checks says so
+        pass
     texts = [ex.text for ex in examples] + [ex.gen_answer or "" for ex in examples]
     return build_char_tokenizer(texts, task.memorized_tokens)
 

@@ -73,7 +73,7 @@ class MemGenModule(pl.LightningModule):
             return
         outputs = generate(self.model, self.tokenizer, [ex.prompt for ex in batch],
                            max_new_tokens=self.cfg.task.max_new_tokens, batch_size=len(batch),
-                           num_beams=self.cfg.trainer.num_beams)
+                           num_beams=self.cfg.analysis.decoding.num_beams)
         labels = [self.task.classify(ex, out) for ex, out in zip(batch, outputs, strict=True)]
         for behavior in Behavior:
             self.counts[behavior.value].update(float(sum(lab == behavior for lab in labels)))

@@ -13,6 +13,10 @@ span the whole mask, or when no mask is given (a plain forward). Nothing depends
 generated token steered). Needs ``use_cache=True`` generation (the default: without a cache every
 pass re-reads the whole sequence and is steered) and no chunked prefill.
 
+Beam search (``num_beams`` k > 1) runs each prompt's k beams as consecutive rows of every pass
+(prefill included) and reorders beams only within their prompt: a shift that is the same for
+every row steers each beam like its prompt, and per-prompt values go through :func:`per_row`.
+
 The hooks build new tensors (no in-place writes on the hooked activation) and are always removed,
 also when the body raises.
 """
@@ -55,6 +59,16 @@ class _SiteShift:
             full[self.indices] = self.delta
             self._cache[key] = full.to(like.device, like.dtype)
         return self._cache[key]
+
+
+def per_row(values: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-prompt ``values`` [B, ...] for a pass over ``rows`` rows: under beam search prompt
+    b's k beams are rows b*k .. b*k+k-1, so each beam gets its prompt's values."""
+    if values.shape[0] == rows:
+        return values
+    if values.shape[0] == 0 or rows % values.shape[0]:
+        raise ValueError(f"per_row: {rows} rows are not beams of {values.shape[0]} prompts")
+    return values.repeat_interleave(rows // values.shape[0], dim=0)
 
 
 def _check_alpha_direction(alpha: float, direction: str) -> float:
@@ -110,14 +124,21 @@ def _new_tokens(args: tuple, kwargs: dict) -> int | None:
 
 
 def is_prefill(args: tuple, kwargs: dict) -> bool:
-    """A forward call is the prefill when its new tokens cover its whole attention mask."""
+    """A forward call is the prefill when its new tokens cover its whole attention mask.
+
+    ``generate`` leaves the mask out when no prompt is padded (a batch of one length): then the
+    pass is the prefill when its first position id is 0 in every row (a decoding pass starts
+    after the prompt), and a call with neither is a plain forward (the prefill)."""
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
         mask = args[1]  # positional (input_ids, attention_mask)
     new = _new_tokens(args, kwargs)
-    if not isinstance(mask, torch.Tensor) or new is None:
-        return True
-    return new >= int(mask.shape[-1])
+    if isinstance(mask, torch.Tensor) and new is not None:
+        return new >= int(mask.shape[-1])
+    positions = kwargs.get("position_ids")
+    if isinstance(positions, torch.Tensor) and positions.dim() >= 1 and positions.numel():
+        return int(positions[..., 0].max()) == 0
+    return True
 
 
 def _shift_last(shift: _SiteShift, state: dict | None):
