@@ -85,3 +85,16 @@ def report(exc: BaseException) -> int:
         line += " (MEMGEN_DEBUG=1 shows the traceback)"
     print(f"memgen: error: {line}", file=sys.stderr)
     return BAD_INPUT if isinstance(exc, ConfigError) or not run_id else RUN_FAILED
+
+
+def task_error(cfg, exc: BaseException) -> str:
+    """One line for a task that cannot be built: the user's rule code (the file and line where
+    it failed), or the task's own message (which names its key)."""
+    where = user_frame(exc)
+    rule = str(cfg.task.params.get("rule") or "")
+    if where and rule:
+        return (f"task.params.rule: {rule} failed: {describe(exc)}; expected a function "
+                f"input -> rule answer that runs without errors")
+    if isinstance(exc, (ValueError, TypeError, OSError)) and str(exc).strip():
+        return first_line(str(exc), 600)
+    return f"task ({cfg.task.name}): cannot build the task: {describe(exc)}"

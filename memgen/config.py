@@ -406,8 +406,10 @@ def validate(cfg: DictConfig) -> None:
     if t.name in TASKS:
         try:
             build_params(t.name, OmegaConf.to_container(t.params)).validate()
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(first_line(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a user's rule file is imported here
+            from memgen.boundary import task_error
+
+            raise ConfigError(task_error(cfg, exc)) from None
     _require(m.kind in ("scratch", "lora"), "model.kind", "'scratch' or 'lora'", m.kind)
     _require(m.arch in ("gpt2", "llama"), "model.arch", "'gpt2' or 'llama'", m.arch)
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):

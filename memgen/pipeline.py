@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from memgen.analysis.settings import Subject
 from memgen.analysis.sites import resolve_sites, site_width
 from memgen.analysis.stages import analyse_model, steering_sites
-from memgen.boundary import describe, first_line, user_frame
+from memgen.boundary import describe, task_error
 from memgen.config import ConfigError
 from memgen.config_checks import check_model_memory
 from memgen.replicates.claims import format_scorecard, score_claims
@@ -91,7 +91,8 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
     try:
         task = make_task(cfg)
     except Exception as exc:  # noqa: BLE001 - task files and a user's rule code: bad input
-        raise ConfigError(task_error(cfg, exc)) from None
+        raise ConfigError(task_error(cfg, exc) if not isinstance(exc, UnicodeDecodeError)
+                          else undecodable(cfg, exc)) from None
     if cfg.model.kind == "lora":
         from memgen.training.lora import build_lora_model  # noqa: PLC0415 - optional path
 
@@ -119,21 +120,6 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
     check_lengths(cfg, task, tokenizer, model)
     check_store(cfg)
     return task, tokenizer, model
-
-
-def task_error(cfg: DictConfig, exc: Exception) -> str:
-    """One line for a task that cannot be built: the user's rule code (the file and line where
-    it failed), a file that is not UTF-8, or the task's own message (which names its key)."""
-    where = user_frame(exc)
-    rule = str(cfg.task.params.get("rule") or "")
-    if where and rule:
-        return (f"task.params.rule: {rule} failed: {describe(exc)}; expected a function "
-                f"input -> rule answer that runs without errors")
-    if isinstance(exc, UnicodeDecodeError):
-        return undecodable(cfg, exc)
-    if isinstance(exc, (ValueError, OSError)) and str(exc).strip():
-        return first_line(str(exc), 600)
-    return f"task ({cfg.task.name}): cannot build the task: {describe(exc)}"
 
 
 def undecodable(cfg: DictConfig, exc: UnicodeDecodeError) -> str:
