@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from memgen.config_checks import (
+    check_bool_values,
     check_closed,
     check_deletions,
     check_key_characters,
@@ -167,7 +168,7 @@ class SweepConfig:
     kind: str = "steering"  # steering | training
     study_name: str | None = None
     storage: str | None = None
-    n_trials: int = ranged(20, 1)
+    n_trials: int = 20
     timeout: float | None = None
     workers: int = 1
     sampler_seed: int = 0
@@ -252,6 +253,7 @@ def check_overrides(overrides: list[str]) -> None:
     ``experiment=`` (an optional group: a typo silently ran the full default)."""
     check_key_characters(overrides)
     check_deletions(overrides, Config)
+    check_bool_values(overrides, Config)
     for item in overrides:
         key, eq, value = item.partition("=")
         if eq and not key.strip().lstrip("+~"):
@@ -305,19 +307,22 @@ def _hydra_message(exc: BaseException, overrides: list[str]) -> str:
     import re
 
     text = _one_line(exc)
-    if "Error parsing override" in text or "no viable alternative" in text:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+    merging = re.match(r"Error merging override ([^=\s]+)=.*? (Value .*)", text)
+    if merging:  # a value of the wrong type
+        return f"{merging.group(1)}: {merging.group(2)}"
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        for item in overrides:
-            try:
-                OverridesParser.create().parse_overrides([item])
-            except Exception as bad:  # noqa: BLE001 - the first override that fails is named
-                reason = _one_line(bad).split("Error parsing override")[-1].strip(" '")
-                reason = reason.removeprefix(item).strip(" '")
-                key = item.partition("=")[0].lstrip("+~") or "config"
-                return (f"{key}: Error parsing override {item!r} ({reason[:120]}); expected "
-                        f"key=value with balanced brackets and quotes, e.g. "
-                        f"'{key}=[a,b]' or '{key}=\"a b\"'")
+    for item in overrides:  # a syntax error: name the override, not the lexer's words alone
+        try:
+            OverridesParser.create().parse_overrides([item])
+        except Exception as bad:  # noqa: BLE001 - the first override that fails is named
+            reason = _one_line(bad).split("Error parsing override")[-1].strip(" '")
+            reason = reason.removeprefix(item).strip(" '").removeprefix(
+                "LexerNoViableAltException: ") or "a character the override syntax rejects"
+            key = item.partition("=")[0].lstrip("+~") or "config"
+            return (f"{key}: Error parsing override {item!r} ({reason[:120]}); expected "
+                    f"key=value with balanced brackets and quotes, e.g. "
+                    f"'{key}=[a,b]' or '{key}=\"a b\"'")
     unknown = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", text) or \
         re.search(r"Key '([^']+)' (?:is not in struct|not in)", text)
     if unknown and "Could not find" not in text:

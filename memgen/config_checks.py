@@ -162,6 +162,34 @@ def expected_range(kind: type, low: float | None, high: float | None) -> str:
     return noun
 
 
+BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def schema_hint(key: str, root: type) -> Any:
+    """The type of a dotted schema key, or None when it is not one (or is below a mapping)."""
+    cls: Any = root
+    hint = None
+    for part in key.split("."):
+        if cls is None or not dataclasses.is_dataclass(cls) or \
+                part not in {f.name for f in dataclasses.fields(cls)}:
+            return None
+        hint = _hints(cls)[part]
+        cls = _section(hint)
+    return hint
+
+
+def check_bool_values(overrides: list[str], root: type) -> None:
+    """A bool key takes true/false (or yes/no, on/off, 1/0): OmegaConf turned 2 into True."""
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        key = key.lstrip("+~")
+        if not eq or _strip_optional(schema_hint(key, root)) is not bool:
+            continue
+        word = value.strip().strip("'\"").lower()
+        if word not in BOOL_WORDS and not (word == "null" and schema_hint(key, root) is not bool):
+            raise _error(f"{key}: expected true or false, got {value!r}")
+
+
 INVISIBLE = ("Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs")
 
 
