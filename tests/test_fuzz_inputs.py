@@ -29,6 +29,8 @@ from memgen.config import Config
 from memgen.config_checks import DEFAULT_RANGE, _hints, _number_kind, _section
 from tests.conftest import tiny_overrides
 
+pytestmark = pytest.mark.fuzz
+
 OVERRIDE_EXAMPLES = 60
 FILE_EXAMPLES = 25
 FUZZ = settings(max_examples=OVERRIDE_EXAMPLES, derandomize=True, deadline=None,
