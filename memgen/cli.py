@@ -13,8 +13,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from memgen.boundary import report
 from memgen.config import ConfigError, compose
-from memgen.errors import NonFiniteLossError
 from memgen.tracking.interrupts import uninterrupted
 
 COMMANDS = {
@@ -29,8 +29,15 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one ConfigError line (no usage block): the boundary reports it."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="memgen", description=__doc__)
+    p = OneLineParser(prog="memgen", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
@@ -44,6 +51,22 @@ def parser() -> argparse.ArgumentParser:
     runs.add_argument("action", choices=["list", "clean"])
     runs.add_argument("overrides", nargs="*", help="e.g. tracking.uri=...")
     return p
+
+
+def check_port(port: int) -> None:
+    """``memgen ui --port``: in range and free, checked before the server replaces this process
+    (a server that cannot bind printed a traceback and exited 0)."""
+    import socket  # noqa: PLC0415
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port: expected a port in 1..65535, got {port}")
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            other = port + 1 if port < 65535 else 5000
+            raise ConfigError(f"--port: 127.0.0.1:{port} is not free ({exc.strerror or exc}); "
+                              f"expected a free port, e.g. --port {other}") from None
 
 
 def ui_command(cfg, port: int) -> list[str]:
@@ -133,68 +156,70 @@ def _rank_zero() -> bool:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
+    """The error boundary: every exception becomes one line (memgen/boundary.py)."""
+    try:
+        return _dispatch(argv)
+    except Exception as exc:  # noqa: BLE001 - the boundary: one line, exit 2 (1 once a run exists)
+        return report(exc)
+
+
+def _dispatch(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from memgen.tracking.quiet import quiet_library_noise  # noqa: PLC0415
 
     # Ctrl-C must reach the run even when the parent shell started us with SIGINT ignored
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        # held from Ctrl-C: Hydra turns one inside its file read into a crash, and setLevel
-        # keeps logging's module lock if cut (tracking/quiet.py)
-        with uninterrupted():
-            quiet_library_noise()
-            logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
-            cfg = compose(args.overrides)
-        from memgen.preflight import preflight, runs_command  # noqa: PLC0415
+    # held from Ctrl-C: Hydra turns one inside its file read into a crash, and setLevel
+    # keeps logging's module lock if cut (tracking/quiet.py)
+    with uninterrupted():
+        quiet_library_noise()
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # schema set-up chatter
+        cfg = compose(args.overrides)
+    from memgen.preflight import preflight, runs_command  # noqa: PLC0415
 
-        if args.command in ("analyse", "compare") or (args.command == "replicate"
-                                                      and cfg.replicate.models):
-            from memgen.analyse import require_store  # noqa: PLC0415 - they read runs
+    if args.command in ("analyse", "compare") or (args.command == "replicate"
+                                                  and cfg.replicate.models):
+        from memgen.analyse import require_store  # noqa: PLC0415 - they read runs
 
-            require_store(cfg, {"analyse": "run", "compare": "compare"}.get(
-                args.command, "replicate.models"))
-        preflight(args.command, cfg)
-        if args.command == "runs":
-            return runs_command(args.action, cfg)
-        if cfg.resume:
-            from memgen.tracking.load import resumed_config  # noqa: PLC0415
+        require_store(cfg, {"analyse": "run", "compare": "compare"}.get(
+            args.command, "replicate.models"))
+    preflight(args.command, cfg)
+    if args.command == "runs":
+        return runs_command(args.action, cfg)
+    if cfg.resume:
+        from memgen.tracking.load import resumed_config  # noqa: PLC0415
 
-            with uninterrupted():  # rank 0 has reopened the run: the others only read it
-                cfg = resumed_config(cfg, args.overrides, check=_rank_zero())
-        if args.command == "ui":
-            env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-            os.execvpe(sys.executable, ui_command(cfg, args.port), env)
-        if args.command == "sweep":
-            from memgen.sweeps.command import sweep  # noqa: PLC0415
+        with uninterrupted():  # rank 0 has reopened the run: the others only read it
+            cfg = resumed_config(cfg, args.overrides, check=_rank_zero())
+    if args.command == "ui":
+        check_port(args.port)
+        env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        os.execvpe(sys.executable, ui_command(cfg, args.port), env)
+    if args.command == "sweep":
+        from memgen.sweeps.command import sweep  # noqa: PLC0415
 
-            metrics, objects = sweep(cfg)
-        elif args.command == "replicate":
-            from memgen.replicates.command import replicate  # noqa: PLC0415
+        metrics, objects = sweep(cfg)
+    elif args.command == "replicate":
+        from memgen.replicates.command import replicate  # noqa: PLC0415
 
-            metrics, objects = replicate(cfg)
-        elif args.command == "analyse":
-            from memgen.analyse import analyse  # noqa: PLC0415
+        metrics, objects = replicate(cfg)
+    elif args.command == "analyse":
+        from memgen.analyse import analyse  # noqa: PLC0415
 
-            metrics, objects = analyse(cfg)
-        elif args.command == "compare":
-            from memgen.compare import compare  # noqa: PLC0415
+        metrics, objects = analyse(cfg)
+    elif args.command == "compare":
+        from memgen.compare import compare  # noqa: PLC0415
 
-            metrics, objects = compare(cfg, *args.runs)
-        elif args.command == "pretrain":
-            from memgen.pretrain import pretrain  # noqa: PLC0415
+        metrics, objects = compare(cfg, *args.runs)
+    elif args.command == "pretrain":
+        from memgen.pretrain import pretrain  # noqa: PLC0415
 
-            metrics, objects = pretrain(cfg)
-        else:
-            from memgen import pipeline  # noqa: PLC0415
+        metrics, objects = pretrain(cfg)
+    else:
+        from memgen import pipeline  # noqa: PLC0415
 
-            metrics, objects = (pipeline.run if args.command == "run" else pipeline.train)(cfg)
-    except ConfigError as exc:
-        print(f"memgen: error: {exc}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as exc:
-        print(f"memgen: error: {exc} (the run is marked FAILED)", file=sys.stderr)
-        return 1
+        metrics, objects = (pipeline.run if args.command == "run" else pipeline.train)(cfg)
     if not _rank_zero():
         return 0
     print_summary(args.command, metrics, objects, cfg)

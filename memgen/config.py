@@ -12,9 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from memgen.config_checks import (
+    check_bool_values,
+    check_closed,
+    check_deletions,
+    check_key_characters,
+    check_ranges,
+    nearest,
+    ranged,
+)
 from memgen.tasks.registry import TASKS, build_params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -24,16 +33,19 @@ class ConfigError(ValueError):
     """A bad config key, type or value; the message is one line naming the culprit."""
 
 
+MAX_EXAMPLES = 100_000_000  # a task size beyond this would generate for hours, not fail
+
+
 @dataclass
 class TaskConfig:
     name: str = "arithmetic"
     n_train: Any = 3000  # a positive integer, or "all" (task=files: every record as written)
     mem_ratio: float = 0.07
-    n_conflict: int = 400
-    n_val_conflict: int = 100
-    n_clean: int = 200
-    n_perturbations: int = 4
-    max_new_tokens: int = 8
+    n_conflict: int = ranged(400, 0, MAX_EXAMPLES)
+    n_val_conflict: int = ranged(100, 0, MAX_EXAMPLES)
+    n_clean: int = ranged(200, 0, MAX_EXAMPLES)
+    n_perturbations: int = ranged(4, 0, 1000)
+    max_new_tokens: int = ranged(8, 0, 1_000_000)
     chat_template: bool = False
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -78,9 +90,9 @@ class TrainerConfig:
     check_val_every_n_epoch: int = 1
     progress_bar: bool = True
     deterministic: bool = True
-    num_threads: int = 0  # 0 = torch default
+    num_threads: int = ranged(0, 0, 4096)  # 0 = torch default
     limit_train_batches: float = 1.0
-    log_every_n_steps: int = 10
+    log_every_n_steps: int = ranged(10, 1)
     checkpoint_metric: str = "val/behavior_balance"  # or val/mem_gen_product (the paper's)
 
 
@@ -109,7 +121,7 @@ class SteeringConfig:
 
 @dataclass
 class ProbeConfig:
-    max_iter: int = 200  # L-BFGS iterations at most (the probes are fitted full-batch)
+    max_iter: int = ranged(200, 1)  # L-BFGS iterations at most (probes are fitted full-batch)
     initial_step: float = 0.05  # L-BFGS initial step; its line search adapts it
     weight_decay: float = 1e-3
 
@@ -191,12 +203,16 @@ class ClaimsConfig:
 
     min_behavior_rate: float = 0.2  # kept checkpoint: MEM and GEN each at least this
     min_pairs: int = 200  # MEM/GEN pairs for the analysis
-    min_r_margin: float = 0.0  # max |r| above the shuffled-label q95 by more than this
-    min_probe_margin: float = 0.05  # best probe above its strongest baseline by at least this
-    min_steer_margin: float = 0.5  # success above the strongest control, weaker direction
+    # max |r| above the shuffled-label q95 by more than this
+    min_r_margin: float = ranged(0.0, -1, 1)
+    # best probe above its strongest baseline by at least this
+    min_probe_margin: float = ranged(0.05, -1, 1)
+    # success above the strongest control, weaker direction
+    min_steer_margin: float = ranged(0.5, -1, 1)
     max_clean_drop: float = 0.02  # clean-input accuracy lost to steering, worse direction
     max_p_value: float = 0.01  # overlap p-values (intra-task halves, inter-task pairs)
-    min_transfer_margin: float = 0.0  # half B's neurons on half A: success above controls
+    # half B's neurons on half A: success above controls
+    min_transfer_margin: float = ranged(0.0, -1, 1)
 
 
 @dataclass
@@ -245,6 +261,9 @@ def _one_line(exc: BaseException) -> str:
 def check_overrides(overrides: list[str]) -> None:
     """What Hydra lets through or words vaguely: ``=3`` (no key) and an unknown
     ``experiment=`` (an optional group: a typo silently ran the full default)."""
+    check_key_characters(overrides)
+    check_deletions(overrides, Config)
+    check_bool_values(overrides, Config)
     for item in overrides:
         key, eq, value = item.partition("=")
         if eq and not key.strip().lstrip("+~"):
@@ -267,16 +286,60 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra.errors import HydraException
 
     check_overrides(list(overrides or []))
+    check_conf_dir(config_name)
     ConfigStore.instance().store(name="memgen_schema", node=Config)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
             raw = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"config: {_one_line(exc)}") from None
+        raise ConfigError(_hydra_message(exc, list(overrides or []))) from None
     finally:
         GlobalHydra.instance().clear()
     return to_schema(raw)
+
+
+def check_conf_dir(config_name: str) -> None:
+    """A missing or empty config folder is named (Hydra's message names neither)."""
+    folder = conf_dir()
+    source = "MEMGEN_CONF_DIR" if os.environ.get("MEMGEN_CONF_DIR") else "conf"
+    if not folder.is_dir():
+        raise ConfigError(f"{source}: config folder {folder} does not exist; expected a folder "
+                          f"with {config_name}.yaml (unset MEMGEN_CONF_DIR for memgen's conf/)")
+    if not (folder / f"{config_name}.yaml").is_file():
+        raise ConfigError(f"{source}: config folder {folder} has no {config_name}.yaml; "
+                          f"expected memgen's config tree (copy conf/ from the project)")
+
+
+def _hydra_message(exc: BaseException, overrides: list[str]) -> str:
+    """Hydra's error as ``<key>: <what>; <expected>``: the override that does not parse (not
+    the lexer's words alone), or the unknown key with the nearest known one."""
+    import re
+
+    text = _one_line(exc)
+    merging = re.match(r"Error merging override ([^=\s]+)=.*? (Value .*)", text)
+    if merging:  # a value of the wrong type
+        return f"{merging.group(1)}: {merging.group(2)}"
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for item in overrides:  # a syntax error: name the override, not the lexer's words alone
+        try:
+            OverridesParser.create().parse_overrides([item])
+        except Exception as bad:  # noqa: BLE001 - the first override that fails is named
+            reason = _one_line(bad).split("Error parsing override")[-1].strip(" '")
+            reason = reason.removeprefix(item).strip(" '").removeprefix(
+                "LexerNoViableAltException: ") or "a character the override syntax rejects"
+            key = item.partition("=")[0].lstrip("+~") or "config"
+            return (f"{key}: Error parsing override {item!r} ({reason[:120]}); expected "
+                    f"key=value with balanced brackets and quotes, e.g. "
+                    f"'{key}=[a,b]' or '{key}=\"a b\"'")
+    unknown = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", text) or \
+        re.search(r"Key '([^']+)' (?:is not in struct|not in)", text)
+    if unknown and "Could not find" not in text:
+        key = unknown.group(1)
+        return (f"{key}: not a config key{nearest(key, Config)}; expected a key of memgen's "
+                f"schema (memgen/config.py)")
+    return f"config: {text}"
 
 
 def to_schema(raw: DictConfig | dict) -> DictConfig:
@@ -284,12 +347,35 @@ def to_schema(raw: DictConfig | dict) -> DictConfig:
     schema = OmegaConf.structured(Config)
     try:
         cfg = OmegaConf.merge(schema, raw)
+        check_closed(cfg, Config)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
         msg = first_line(exc)
         raise ConfigError(f"{key}: {msg}" if key else f"config: {msg}") from None
+    resolve_interpolations(cfg)
     validate(cfg)
+    check_ranges(cfg, Config)
     return cfg
+
+
+def resolve_interpolations(cfg: DictConfig, prefix: str = "") -> None:
+    """``${oc.env:X}`` and ``${a.b}`` resolved now, naming the key that does not resolve (they
+    used to fail mid-run, with a traceback)."""
+    nodes = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else enumerate(cfg)
+    for key, _ in list(nodes):
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if OmegaConf.is_interpolation(cfg, key):
+            raw = cfg._get_node(key)._value()
+            try:
+                cfg[key] = cfg[key]  # resolved once: the value the run uses
+            except Exception as exc:  # noqa: BLE001 - every resolver error is bad input
+                raise ConfigError(f"{path}: cannot resolve {raw} ({first_line(exc)[:200]}); "
+                                  f"expected a value, ${{oc.env:VAR,default}} or "
+                                  f"${{an.existing.key}}") from None
+        else:
+            child = cfg._get_node(key)
+            if isinstance(child, DictConfig | ListConfig) and not child._is_none():
+                resolve_interpolations(child, path)
 
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
@@ -319,6 +405,10 @@ def validate(cfg: DictConfig) -> None:
     _check_finite(cfg)
     for key, value in (("seed", cfg.seed), ("sweep.sampler_seed", cfg.sweep.sampler_seed)):
         _require(0 <= value <= SEED_MAX, key, f"an integer in [0, {SEED_MAX}]", value)
+    _require(cfg.resume is None or bool(str(cfg.resume).strip()), "resume",
+             "a run id (omit resume= for a new run)", cfg.resume)
+    _require(bool(cfg.tracking.experiment.strip()), "tracking.experiment",
+             "a non-empty experiment name", cfg.tracking.experiment)
     _require(tr.weight_decay >= 0, "trainer.weight_decay", "a finite number >= 0",
              tr.weight_decay)
     _require(tr.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a finite number >= 0",
@@ -332,8 +422,10 @@ def validate(cfg: DictConfig) -> None:
     if t.name in TASKS:
         try:
             build_params(t.name, OmegaConf.to_container(t.params)).validate()
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(first_line(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - a user's rule file is imported here
+            from memgen.boundary import task_error
+
+            raise ConfigError(task_error(cfg, exc)) from None
     _require(m.kind in ("scratch", "lora"), "model.kind", "'scratch' or 'lora'", m.kind)
     _require(m.arch in ("gpt2", "llama"), "model.arch", "'gpt2' or 'llama'", m.arch)
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):
@@ -395,6 +487,8 @@ def validate(cfg: DictConfig) -> None:
     for stage in a.callback_stages:
         _require(stage in ("neurons", "probes", "steering"), "analysis.callback_stages",
                  "names from ['neurons', 'probes', 'steering']", stage)
+    _require(len(a.sites) > 0, "analysis.sites", "a non-empty list of sites, e.g. [resid]",
+             list(a.sites))
     for site in a.sites:
         kind, _, layer = site.partition(".")
         _require(site in ("all", "resid", "mlp") or (kind in ("resid", "mlp") and layer.isdigit()),
@@ -407,7 +501,8 @@ def validate_replicate(cfg: DictConfig) -> None:
     seeds = list(r.seeds)
     _require(len(seeds) > 0, "replicate.seeds", "a non-empty list of seeds", seeds)
     _require(len(set(seeds)) == len(seeds), "replicate.seeds", "distinct seeds", seeds)
-    _require(all(seed >= 0 for seed in seeds), "replicate.seeds", "integers >= 0", seeds)
+    _require(all(0 <= seed <= SEED_MAX for seed in seeds), "replicate.seeds",
+             f"integers in [0, {SEED_MAX}]", seeds)
     _require(r.workers >= 1, "replicate.workers", "an integer >= 1", r.workers)
     for key in ("min_behavior_rate", "max_clean_drop", "max_p_value"):
         _require(0 <= c[key] <= 1, f"claims.{key}", "a fraction in [0, 1]", c[key])

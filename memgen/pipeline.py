@@ -20,7 +20,9 @@ from memgen.analysis.settings import Subject
 from memgen.analysis.sites import resolve_sites, site_width
 from memgen.analysis.stages import analyse_model, steering_sites
 from memgen.analysis.timing import StageTimer
+from memgen.boundary import describe, task_error
 from memgen.config import ConfigError
+from memgen.config_checks import check_model_memory
 from memgen.replicates.claims import format_scorecard, score_claims
 from memgen.settings import settings_from_config
 from memgen.tasks import Task
@@ -83,13 +85,17 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
     check_output_dir(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
+        try:
+            torch.set_num_threads(cfg.trainer.num_threads)
+        except Exception as exc:  # noqa: BLE001 - torch's own limits
+            raise ConfigError(f"trainer.num_threads: torch rejected {cfg.trainer.num_threads} "
+                              f"({describe(exc)}); expected 0 (torch's default) or a thread "
+                              f"count this machine supports") from None
     try:
         task = make_task(cfg)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(undecodable(cfg, exc)) from None
-    except (ValueError, OSError) as exc:
-        raise ConfigError(str(exc).splitlines()[0]) from None
+    except Exception as exc:  # noqa: BLE001 - task files and a user's rule code: bad input
+        raise ConfigError(task_error(cfg, exc) if not isinstance(exc, UnicodeDecodeError)
+                          else undecodable(cfg, exc)) from None
     if cfg.model.kind == "lora":
         from memgen.training.lora import build_lora_model  # noqa: PLC0415 - optional path
 
@@ -104,7 +110,15 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
                               ) from None
     else:
         tokenizer = task_tokenizer(task)
-        model = build_scratch_model(cfg, tokenizer)
+        check_model_memory(cfg, len(tokenizer))
+        try:
+            model = build_scratch_model(cfg, tokenizer)
+        except Exception as exc:  # noqa: BLE001 - sizes the architecture cannot take
+            m = cfg.model
+            raise ConfigError(f"model: cannot build a {m.arch} model with n_layer={m.n_layer}, "
+                              f"n_embd={m.n_embd}, n_head={m.n_head}, n_positions="
+                              f"{m.n_positions} ({describe(exc)}); expected sizes the "
+                              f"architecture accepts") from None
     check_analysis(cfg, model)
     check_task(cfg, task, tokenizer)
     check_lengths(cfg, task, tokenizer, model)

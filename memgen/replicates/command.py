@@ -84,6 +84,21 @@ def seed_config(base: dict[str, Any], seed: int) -> DictConfig:
     return to_schema(base | {"seed": seed})
 
 
+def check_seeds(cfg: DictConfig, seeds: list[int]) -> None:
+    """Every seed's config validates, and the first builds its task and model, before the
+    parent run exists: a bad seed or task file used to leave a FAILED parent behind."""
+    from memgen.pipeline import prepare  # noqa: PLC0415 - Lightning only where training happens
+
+    base = OmegaConf.to_container(cfg, resolve=True)
+    configs = []
+    for seed in seeds:
+        try:
+            configs.append(seed_config(base, seed))
+        except ConfigError as exc:
+            raise ConfigError(f"replicate.seeds: seed {seed}: {exc}") from None
+    prepare(configs[0])
+
+
 def run_seeds(job: SeedJob) -> None:
     """A worker: each of its seeds as one ``memgen run`` child; a failing seed is recorded
     (its child ends FAILED) and the next one goes on. Ctrl-C stops the worker."""
@@ -192,6 +207,7 @@ def replicate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     client = MlflowClient(tracking_uri(cfg))
     models: dict[int, str] = {}
     seeds = [int(s) for s in cfg.replicate.seeds]
+    check_seeds(cfg, seeds)
     key = replicate_key(cfg)
     name = cfg.replicate.name or f"replicate-{cfg.task.name}-{key}"
     extra: dict[str, str] = {}

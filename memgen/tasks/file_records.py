@@ -23,6 +23,9 @@ def resolve_path(path: str, key: str) -> Path:
     for candidate in (given, PROJECT_ROOT / given):
         if candidate.is_file():
             return candidate
+    for candidate in (given, PROJECT_ROOT / given):
+        if candidate.is_dir():
+            raise ValueError(f"task.params.{key}: {candidate} is a directory; expected a file")
     raise ValueError(f"task.params.{key}: file not found: {path} "
                      f"(looked in {Path.cwd()} and {PROJECT_ROOT})")
 
