@@ -296,7 +296,8 @@ def test_space_nested_and_dotted_forms_agree_and_sample_every_type():
                                                       "log": True},
                           "analysis.steering.top_k": {"type": "int", "low": 1, "high": 64,
                                                       "step": 1},
-                          "analysis.decoding.num_beams": {"type": "categorical", "choices": [1, 2]}})
+                          "analysis.decoding.num_beams": {"type": "categorical",
+                                                          "choices": [1, 2]}})
     assert nested == dotted
     trial = optuna.trial.FixedTrial({"analysis.steering.alpha": 2.0,
                                      "analysis.steering.top_k": 7, "trainer.num_beams": 2})
