@@ -542,8 +542,9 @@ def _validate_n_train(value: Any, task: str) -> None:
         _require(task == "files", "task.n_train", "a positive integer ('all' is for task=files)",
                  value)
         return
-    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
-             "task.n_train", "a positive integer or 'all'", value)
+    _require(isinstance(value, int) and not isinstance(value, bool)
+             and 0 < value <= MAX_EXAMPLES,
+             "task.n_train", f"a positive integer <= {MAX_EXAMPLES} or 'all'", value)
 
 
 def _validate_selection(top_k: int | None, top_fraction: float | None, prefix: str,
