@@ -24,6 +24,9 @@ class ConfigError(ValueError):
     """A bad config key, type or value; the message is one line naming the culprit."""
 
 
+CHECKPOINT_METRICS = ("val/behavior_balance", "val/mem_gen_product", "val/pair_yield")
+
+
 @dataclass
 class TaskConfig:
     name: str = "arithmetic"
@@ -33,6 +36,9 @@ class TaskConfig:
     n_val_conflict: int = 100
     n_clean: int = 200
     n_perturbations: int = 4
+    # variants per validation conflict example (the original first, drawn from the validation
+    # stream): >= 2 logs val/pair_yield each validation epoch; 1 generates on the originals only
+    n_val_perturbations: int = 1
     max_new_tokens: int = 8
     chat_template: bool = False
     params: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +88,8 @@ class TrainerConfig:
     num_threads: int = 0  # 0 = torch default
     limit_train_batches: float = 1.0
     log_every_n_steps: int = 10
-    checkpoint_metric: str = "val/behavior_balance"  # or val/mem_gen_product (the paper's)
+    # or val/mem_gen_product (the paper's), or val/pair_yield (needs task.n_val_perturbations>=2)
+    checkpoint_metric: str = "val/behavior_balance"
 
 
 @dataclass
@@ -340,9 +347,14 @@ def validate(cfg: DictConfig) -> None:
     _require(tr.warmup_steps >= 0, "trainer.warmup_steps", "an integer >= 0", tr.warmup_steps)
     _require(tr.loss_on in ("sequence", "answer"), "trainer.loss_on", "'sequence' or 'answer'",
              tr.loss_on)
-    _require(tr.checkpoint_metric in ("val/behavior_balance", "val/mem_gen_product"),
-             "trainer.checkpoint_metric", "'val/behavior_balance' or 'val/mem_gen_product'",
-             tr.checkpoint_metric)
+    _require(tr.checkpoint_metric in CHECKPOINT_METRICS, "trainer.checkpoint_metric",
+             f"one of {list(CHECKPOINT_METRICS)}", tr.checkpoint_metric)
+    _require(t.n_val_perturbations >= 1, "task.n_val_perturbations", "an integer >= 1",
+             t.n_val_perturbations)
+    if tr.checkpoint_metric == "val/pair_yield":
+        _require(t.n_val_perturbations >= 2, "task.n_val_perturbations",
+                 "an integer >= 2 with trainer.checkpoint_metric=val/pair_yield",
+                 t.n_val_perturbations)
     _require(tr.num_beams >= 1, "trainer.num_beams", "an integer >= 1", tr.num_beams)
     _require(0 < tr.limit_train_batches <= 1, "trainer.limit_train_batches", "a fraction in (0, 1]",
              tr.limit_train_batches)
