@@ -90,6 +90,9 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     # or val/mem_gen_product (the paper's), or val/pair_yield (needs task.n_val_perturbations>=2)
     checkpoint_metric: str = "val/behavior_balance"
+    # no validation epoch showed MEM and GEN: say so, keep the last epoch, skip the analysis
+    # (false: analyse the kept checkpoint anyway, as tiny smoke tests do; the run is tagged)
+    require_both: bool = True
 
 
 @dataclass

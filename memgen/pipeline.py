@@ -191,8 +191,11 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         raise
     best_path = best.best_model_path or None
     never_both = never_both_message(module.behavior_history, cfg)
+    if never_both and not tr.require_both:
+        run.set_tags({NEVER_BOTH_TAG: never_both})
+        never_both = None
     zero = best.best_model_score is not None and float(best.best_model_score) <= 0
-    if (never_both or zero) and (ckpt_dir / "last.ckpt").exists():
+    if tr.require_both and (never_both or zero) and (ckpt_dir / "last.ckpt").exists():
         # every epoch tied at 0 and a tie keeps the first: epoch 0's weights mean nothing
         best_path = str(ckpt_dir / "last.ckpt")
         run.set_tags({"memgen.kept": f"last epoch: {tr.checkpoint_metric} was 0 at every "

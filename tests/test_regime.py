@@ -172,7 +172,7 @@ def test_a_run_that_never_shows_both_behaviors_says_so_and_skips_the_analysis(tm
     cfg = compose(tiny_overrides(tmp_path, **{
         "task.n_train": 200, "task.mem_ratio": 0.005,  # one memorized example: never recalled
         "task.n_val_perturbations": 2, "trainer.checkpoint_metric": "val/pair_yield",
-        "trainer.num_threads": 1}))
+        "trainer.num_threads": 1, "trainer.require_both": True}))
     metrics, objects = run(cfg)
     err = [line for line in capsys.readouterr().err.splitlines()
            if "never showed both" in line]
