@@ -200,6 +200,8 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         best_path = str(ckpt_dir / "last.ckpt")
         run.set_tags({"memgen.kept": f"last epoch: {tr.checkpoint_metric} was 0 at every "
                                      f"validation epoch"})
+        if module.behavior_history:  # finish_run reads the epoch from best-NNN names only
+            run.log_metrics({"kept/epoch": module.behavior_history[-1]["epoch"]})
     if best_path and is_rank_zero():  # other ranks stop after fit (and may lack the file)
         load_module_weights(module, best_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

@@ -182,6 +182,7 @@ def test_a_run_that_never_shows_both_behaviors_says_so_and_skips_the_analysis(tm
     data = client.get_run(objects["run_id"]).data
     assert data.tags[NEVER_BOTH_TAG] == err[0].removeprefix("memgen: ")
     assert data.tags["best_checkpoint"].endswith("last.ckpt")  # not epoch 0's by a tie
+    assert data.metrics["kept/epoch"] == 1  # the last of the two epochs
     assert "analysis" not in objects and "claims" not in objects
     assert objects["summary"] == data.tags[NEVER_BOTH_TAG]
     analysis_keys = ("behavior/", "pairs/", "neurons/", "probe/", "steer/", "claims/")
