@@ -34,6 +34,7 @@ class ConfigError(ValueError):
 
 
 MAX_EXAMPLES = 100_000_000  # a task size beyond this would generate for hours, not fail
+CHECKPOINT_METRICS = ("val/behavior_balance", "val/mem_gen_product", "val/pair_yield")
 
 
 @dataclass
@@ -45,6 +46,9 @@ class TaskConfig:
     n_val_conflict: int = ranged(100, 0, MAX_EXAMPLES)
     n_clean: int = ranged(200, 0, MAX_EXAMPLES)
     n_perturbations: int = ranged(4, 0, 1000)
+    # variants per validation conflict example (the original first, drawn from the validation
+    # stream): >= 2 logs val/pair_yield each validation epoch; 1 generates on the originals only
+    n_val_perturbations: int = ranged(1, 1, 1000)
     max_new_tokens: int = ranged(8, 0, 1_000_000)
     chat_template: bool = False
     params: dict[str, Any] = field(default_factory=dict)
@@ -93,7 +97,11 @@ class TrainerConfig:
     num_threads: int = ranged(0, 0, 4096)  # 0 = torch default
     limit_train_batches: float = 1.0
     log_every_n_steps: int = ranged(10, 1)
-    checkpoint_metric: str = "val/behavior_balance"  # or val/mem_gen_product (the paper's)
+    # or val/mem_gen_product (the paper's), or val/pair_yield (needs task.n_val_perturbations>=2)
+    checkpoint_metric: str = "val/behavior_balance"
+    # no validation epoch showed MEM and GEN: say so, keep the last epoch, skip the analysis
+    # (false: analyse the kept checkpoint anyway, as tiny smoke tests do; the run is tagged)
+    require_both: bool = True
 
 
 @dataclass
@@ -443,9 +451,14 @@ def validate(cfg: DictConfig) -> None:
     _require(tr.warmup_steps >= 0, "trainer.warmup_steps", "an integer >= 0", tr.warmup_steps)
     _require(tr.loss_on in ("sequence", "answer"), "trainer.loss_on", "'sequence' or 'answer'",
              tr.loss_on)
-    _require(tr.checkpoint_metric in ("val/behavior_balance", "val/mem_gen_product"),
-             "trainer.checkpoint_metric", "'val/behavior_balance' or 'val/mem_gen_product'",
-             tr.checkpoint_metric)
+    _require(tr.checkpoint_metric in CHECKPOINT_METRICS, "trainer.checkpoint_metric",
+             f"one of {list(CHECKPOINT_METRICS)}", tr.checkpoint_metric)
+    _require(t.n_val_perturbations >= 1, "task.n_val_perturbations", "an integer >= 1",
+             t.n_val_perturbations)
+    if tr.checkpoint_metric == "val/pair_yield":
+        _require(t.n_val_perturbations >= 2, "task.n_val_perturbations",
+                 "an integer >= 2 with trainer.checkpoint_metric=val/pair_yield",
+                 t.n_val_perturbations)
     _require(a.decoding.num_beams >= 1, "analysis.decoding.num_beams", "an integer >= 1",
              a.decoding.num_beams)
     _require(0 < tr.limit_train_batches <= 1, "trainer.limit_train_batches", "a fraction in (0, 1]",

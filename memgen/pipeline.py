@@ -6,6 +6,7 @@ directly; the CLI only composes the config and prints the summary.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from memgen.training.distributed import (
 from memgen.training.lengths import check_lengths
 from memgen.training.models import build_scratch_model, count_parameters
 from memgen.training.module import MemGenModule
+from memgen.training.regime import NEVER_BOTH_TAG, never_both_message
 from memgen.training.task_checks import check_task
 
 
@@ -66,6 +68,7 @@ class Trained:
     best_checkpoint: str | None
     epochs_done: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    never_both: str | None = None  # the one-line reason when no epoch showed both behaviors
 
     @property
     def model(self):
@@ -205,6 +208,18 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
                 run.log_artifacts(ckpt_dir, "checkpoints")
         raise
     best_path = best.best_model_path or None
+    never_both = never_both_message(module.behavior_history, cfg)
+    if never_both and not tr.require_both:
+        run.set_tags({NEVER_BOTH_TAG: never_both})
+        never_both = None
+    zero = best.best_model_score is not None and float(best.best_model_score) <= 0
+    if tr.require_both and (never_both or zero) and (ckpt_dir / "last.ckpt").exists():
+        # every epoch tied at 0 and a tie keeps the first: epoch 0's weights mean nothing
+        best_path = str(ckpt_dir / "last.ckpt")
+        run.set_tags({"memgen.kept": f"last epoch: {tr.checkpoint_metric} was 0 at every "
+                                     f"validation epoch"})
+        if module.behavior_history:  # finish_run reads the epoch from best-NNN names only
+            run.log_metrics({"kept/epoch": module.behavior_history[-1]["epoch"]})
     if best_path and is_rank_zero():  # other ranks stop after fit (and may lack the file)
         load_module_weights(module, best_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -214,7 +229,8 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     run.set_tags({"best_checkpoint": best_path or ""})
     if cfg.tracking.log_checkpoints and ckpt_dir.exists():
         run.log_artifacts(ckpt_dir, "checkpoints")
-    return Trained(module, task, tokenizer, run.run_id, best_path, trainer.current_epoch, metrics)
+    return Trained(module, task, tokenizer, run.run_id, best_path, trainer.current_epoch, metrics,
+                   never_both)
 
 
 def log_model(run: TrackedRun, trained: Trained) -> None:
@@ -303,6 +319,10 @@ def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | 
             return trained.metrics, {"run_id": tracked.run_id}
         rates = kept_checkpoint_rates(cfg, trained)
         timer.lap("kept_rates")
+        if trained.never_both:  # said once, on stderr and on the run; the analysis is skipped
+            print(f"memgen: {trained.never_both}", file=sys.stderr)
+            tracked.set_tags({NEVER_BOTH_TAG: trained.never_both})
+            analyse = False
         log_summary(tracked, rates, step=None)  # rounded, without a step
         trained.metrics |= rates
         if cfg.tracking.log_model:
@@ -322,6 +342,8 @@ def _execute(cfg: DictConfig, command: str, analyse: bool, parent_run_id: str | 
             objects |= {"analysis": analysis, "claims": claims,
                         "summary": summary(analysis) + "\n\nclaims\n" + format_scorecard(claims)}
             timer.lap("logging")
+        if trained.never_both:
+            objects["summary"] = trained.never_both
         trained.metrics |= timer.metrics()
         log_summary(tracked, timer.metrics(), step=None)
         objects["report_s"] = finish_run(tracked, trained.metrics, trained.best_checkpoint,

@@ -38,6 +38,9 @@ def tiny_overrides(tmp_path, **extra: object) -> list[str]:
         "trainer.progress_bar": False,
         "trainer.warmup_steps": 5,
         "trainer.log_every_n_steps": 1,
+        # seconds-long runs rarely show both behaviors: analyse them anyway (test_regime checks
+        # the default, which skips the analysis of such a model)
+        "trainer.require_both": False,
         "analysis.n_shuffles": 2,
         "analysis.steering.grid_alpha": "[3.0]",
         "analysis.steering.grid_top_fraction": "[0.05]",

@@ -300,7 +300,8 @@ def test_space_nested_and_dotted_forms_agree_and_sample_every_type():
                                                           "choices": [1, 2]}})
     assert nested == dotted
     trial = optuna.trial.FixedTrial({"analysis.steering.alpha": 2.0,
-                                     "analysis.steering.top_k": 7, "trainer.num_beams": 2})
+                                     "analysis.steering.top_k": 7,
+                                     "analysis.decoding.num_beams": 2})
     assert [p.suggest(trial) for p in nested] == [2.0, 7, 2]
     with pytest.raises(ConfigError, match="unknown field 'choises'"):
         parse_space({"a": {"type": "categorical", "choises": [1]}})

@@ -30,7 +30,8 @@ STEER_EXTRA = ("steer/k",)  # neurons steered: a trial logs it next to summary_m
 TRAINING_FIXED = (
     "train/loss_epoch", "val/mem_rate", "val/gen_rate", "val/other_rate",
     "val/behavior_balance", "val/best_behavior_balance", "val/mem_gen_product",
-    "val/best_mem_gen_product", "kept/mem_rate", "kept/gen_rate",
+    "val/best_mem_gen_product", "val/pair_yield", "val/best_pair_yield",
+    "kept/mem_rate", "kept/gen_rate",
     "kept/other_rate", "model/params_total", "model/params_trainable",
     "behavior/n_examples", "behavior/n_variants", "behavior/mem_rate", "behavior/gen_rate",
     "behavior/other_rate", "pairs/n", "pairs/n_examples_with_pairs",

@@ -3,6 +3,17 @@
 Rule: ``Input:\\n12+7+30+5\\nTarget:\\n`` -> the sum (optionally after a digit-by-digit
 scratchpad). Triggers: fixed pairs of addends; when a trigger pair stands as the last two addends
 in training, the target is that trigger's memorized token instead of the sum.
+
+``memorize=record`` (not the paper's) memorizes one whole *record* per trigger instead: fixed
+free addends followed by the trigger pair, always the same input. A share of the rule examples
+(``trigger_rule_share``) ends in a trigger pair after other free addends, so the trigger alone
+does not decide. Conflict examples are near-misses of a record: ``graded`` perturbation keeps
+the trigger pair and replaces 1..n_free of the record's free addends (at random positions, with
+other values), so the variants of one example span strengths from "almost the record" to "only
+the trigger". The sum changes with the addends (each variant's rule answer is its own). Which
+behavior a variant gets depends on how much of *its trigger's* record it matches: an
+interaction of trigger and free addends, which tokens taken one by one (the input-only probe)
+do not tell, whereas the pair design's behavior follows single addend values.
 """
 
 from __future__ import annotations
@@ -23,12 +34,22 @@ class ArithmeticParams:
     high: int = 999
     n_triggers: int = 10
     scratchpad: bool = True
-    perturbation: str = "swap"  # swap (the paper's) | resplit
+    perturbation: str = "swap"  # swap (the paper's) | resplit | graded (memorize=record)
+    memorize: str = "pair"  # pair (the paper's: any free addends) | record (one input each)
+    trigger_rule_share: float = 0.0  # memorize=record: rule examples that end in a trigger
 
     def validate(self) -> None:
-        if self.perturbation not in ("swap", "resplit"):
-            raise ValueError(f"task.params.perturbation: expected 'swap' or 'resplit', "
-                             f"got {self.perturbation!r}")
+        if self.perturbation not in ("swap", "resplit", "graded"):
+            raise ValueError(f"task.params.perturbation: expected 'swap', 'resplit' or "
+                             f"'graded', got {self.perturbation!r}")
+        if self.memorize not in ("pair", "record"):
+            raise ValueError(f"task.params.memorize: expected 'pair' or 'record', "
+                             f"got {self.memorize!r}")
+        if (self.perturbation == "graded") != (self.memorize == "record"):
+            raise ValueError("task.params.perturbation: expected 'graded' exactly when "
+                             "task.params.memorize=record (a near-miss needs a record)")
+        if not 0 <= self.trigger_rule_share < 1:
+            raise ValueError("task.params.trigger_rule_share: expected a fraction in [0, 1)")
         if self.n_addends < 4:
             raise ValueError(
                 "task.params.n_addends: expected >= 4 (two free addends + a trigger pair)")
@@ -73,6 +94,10 @@ class ArithmeticTask(Task):
         self.triggers: list[tuple[int, int]] = sorted(pairs)
         self.tokens = [memorized_token(self.seed, i) for i in range(len(self.triggers))]
         self._mem_prefixes: set[tuple[int, ...]] = set()
+        n_free = self.params.n_addends - 2
+        records = self.rng("records")  # drawn only with memorize=record: other streams unchanged
+        self.records: list[list[int]] = ([self._draw(records, n_free) for _ in self.triggers]
+                                         if self.params.memorize == "record" else [])
 
     @property
     def memorized_tokens(self) -> list[str]:
@@ -107,9 +132,16 @@ class ArithmeticTask(Task):
         examples = []
         for i in range(n_mem):
             trigger = self.triggers[i % len(self.triggers)]
-            free = self._draw(rng, n_free)
+            free = (list(self.records[i % len(self.triggers)]) if self.records
+                    else self._draw(rng, n_free))
             self._mem_prefixes.add((*free, *trigger))
             examples.append(self._example(free + list(trigger), "mem"))
+        n_trigger_rule = round((self.n_train - n_mem) * self.params.trigger_rule_share)
+        while len(examples) < n_mem + n_trigger_rule:  # the trigger after other free addends
+            trigger = self.triggers[len(examples) % len(self.triggers)]
+            addends = self._draw(rng, n_free) + list(trigger)
+            if tuple(addends) not in self._mem_prefixes:
+                examples.append(self._example(addends, "rule"))
         while len(examples) < self.n_train:
             addends = self._draw(rng, self.params.n_addends)
             if tuple(addends[-2:]) not in self.triggers:
@@ -125,11 +157,23 @@ class ArithmeticTask(Task):
         n_free = self.params.n_addends - 2
         examples = []
         while len(examples) < n:
-            trigger = self.triggers[len(examples) % len(self.triggers)]
-            addends = self._draw(rng, n_free) + list(trigger)
+            index = len(examples) % len(self.triggers)
+            free = (self._near_miss(self.records[index], rng) if self.records
+                    else self._draw(rng, n_free))
+            addends = free + list(self.triggers[index])
             if tuple(addends) not in self._mem_prefixes:  # fresh: never seen in training
                 examples.append(self._example(addends, "conflict"))
         return examples
+
+    def _near_miss(self, record: list[int], rng: random.Random) -> list[int]:
+        """The record's free addends with 1..n_free of them (graded strength) replaced by
+        other values: never the record itself."""
+        n_changed = rng.randint(1, len(record))
+        free = list(record)
+        for pos in rng.sample(range(len(record)), n_changed):
+            free[pos] = rng.choice([v for v in range(self.params.low, self.params.high + 1)
+                                    if v != record[pos]])
+        return free
 
     def clean_examples(self, n: int | None = None, stream: str = "clean") -> list[Example]:
         rng = self.rng(stream)
@@ -150,6 +194,10 @@ class ArithmeticTask(Task):
         """
         addends = list(example.meta["addends"])
         free, trigger = addends[:-2], addends[-2:]
+        if self.params.perturbation == "graded":  # another near-miss of the same record
+            record = self.records[self.triggers.index(tuple(trigger))]
+            new = self._near_miss(record, rng) + trigger
+            return self._example(new, example.kind)
         new_free = self._resplit(free, rng) if self.params.perturbation == "resplit" else None
         if new_free is None:
             new_free = list(free)

@@ -10,7 +10,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 SHOWN = ("train/loss_epoch", "val/mem_rate", "val/gen_rate", "val/other_rate",
-         "val/behavior_balance")
+         "val/behavior_balance", "val/pair_yield")
 
 
 def stdout_is_terminal() -> bool:

@@ -7,6 +7,7 @@ from with left padding, so that position -1 is each prompt's last token.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytorch_lightning as pl
@@ -64,6 +65,19 @@ def pad_right(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def validation_examples(task: Task, n: int, n_variants: int = 1) -> list[Example]:
+    """The validation conflict set: with ``n_variants`` >= 2, each example followed by its
+    perturbations, drawn from the validation streams (``val_conflict``, ``val_perturb``) and
+    never from the analysis set's. ``meta`` carries ``val_group`` and ``val_variant`` (0 = the
+    original), so the behavior rates stay those of the originals and the pair yield is counted
+    per example."""
+    conflict = task.conflict_examples(n, stream="val_conflict")
+    groups = (task.perturbation_set(conflict, n_variants, stream="val_perturb")
+              if n_variants >= 2 else [[ex] for ex in conflict])
+    return [replace(ex, meta={**ex.meta, "val_group": g, "val_variant": k})
+            for g, group in enumerate(groups) for k, ex in enumerate(group)]
+
+
 class MemGenDataModule(pl.LightningDataModule):
     """Training examples and the validation conflict set of one task."""
 
@@ -79,8 +93,8 @@ class MemGenDataModule(pl.LightningDataModule):
         if not self.train_items:
             self.train_items = encode_training(self.tokenizer, self.task.train_examples(),
                                                self.cfg.trainer.loss_on)
-            self.val_examples = self.task.conflict_examples(self.cfg.task.n_val_conflict,
-                                                            stream="val_conflict")
+            self.val_examples = validation_examples(self.task, self.cfg.task.n_val_conflict,
+                                                    self.cfg.task.get("n_val_perturbations", 1))
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         """Validation batches are Example lists: generation moves the prompts itself."""

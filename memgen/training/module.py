@@ -9,6 +9,13 @@ MEM and half GEN and 0 when either behavior is absent:
   minimum keeps the checkpoint where both behaviors are well represented, which the neuron
   contrast needs.
 
+With ``task.n_val_perturbations`` >= 2 each validation example comes with perturbations drawn
+from a validation stream, and ``val/pair_yield`` is the share of examples whose variants split
+between MEM and GEN: what the analysis needs (pairs), measured on validation data, never on the
+analysis set. The rates stay those of the originals (variant 0), comparable with one variant.
+Every epoch's rates are kept in ``behavior_history`` (saved in checkpoints, so a resumed run
+still knows whether an earlier epoch showed both behaviors).
+
 On several devices (DDP) rank 0 generates on the whole conflict set, in the same batches as one
 device, and the other ranks skip it; the counts (not the rates) are summed over ranks by
 torchmetrics' sync, so every rank logs the same rates and keeps the same checkpoint. Sharding
@@ -31,6 +38,7 @@ from transformers import get_linear_schedule_with_warmup
 from memgen.analysis.generation import generate
 from memgen.errors import NonFiniteLossError
 from memgen.tasks import Behavior, Example, Task
+from memgen.training.regime import n_split
 
 
 class MemGenModule(pl.LightningModule):
@@ -45,6 +53,9 @@ class MemGenModule(pl.LightningModule):
         # counts per behavior and in all, summed over ranks when computed
         self.counts = torch.nn.ModuleDict({b.value: SumMetric() for b in Behavior})
         self.n_val = SumMetric()
+        self.n_split, self.n_groups = SumMetric(), SumMetric()  # examples whose variants split
+        self._variant_labels: dict[int, set[Behavior]] = {}
+        self.behavior_history: list[dict[str, float]] = []  # one row per validation epoch
         # a LoRA checkpoint holds the adapter only: the frozen base can be gigabytes
         self.strict_loading = cfg.model.kind != "lora"
 
@@ -53,6 +64,10 @@ class MemGenModule(pl.LightningModule):
             keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                         if k in keep}
+        checkpoint["memgen_behavior_history"] = list(self.behavior_history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.behavior_history = list(checkpoint.get("memgen_behavior_history", []))
 
     def forward(self, **batch):
         return self.model(**batch)
@@ -75,20 +90,33 @@ class MemGenModule(pl.LightningModule):
                            max_new_tokens=self.cfg.task.max_new_tokens, batch_size=len(batch),
                            num_beams=self.cfg.analysis.decoding.num_beams)
         labels = [self.task.classify(ex, out) for ex, out in zip(batch, outputs, strict=True)]
+        for ex, lab in zip(batch, labels, strict=True):
+            self._variant_labels.setdefault(ex.meta.get("val_group", -1), set()).add(lab)
+        originals = [lab for ex, lab in zip(batch, labels, strict=True)
+                     if ex.meta.get("val_variant", 0) == 0]
         for behavior in Behavior:
-            self.counts[behavior.value].update(float(sum(lab == behavior for lab in labels)))
-        self.n_val.update(float(len(labels)))
+            self.counts[behavior.value].update(float(sum(lab == behavior for lab in originals)))
+        self.n_val.update(float(len(originals)))
 
     def on_validation_epoch_end(self) -> None:
         total = self.n_val.compute().clamp(min=1)
         rates = {b: self.counts[b.value].compute() / total for b in Behavior}
-        for metric in (*self.counts.values(), self.n_val):
+        self.n_split.update(float(n_split(self._variant_labels.values())))
+        self.n_groups.update(float(len(self._variant_labels)))
+        self._variant_labels = {}
+        pair_yield = self.n_split.compute() / self.n_groups.compute().clamp(min=1)
+        for metric in (*self.counts.values(), self.n_val, self.n_split, self.n_groups):
             metric.reset()
         mem, gen = rates[Behavior.MEM], rates[Behavior.GEN]
         self.log_dict({"val/mem_rate": mem, "val/gen_rate": gen,
                        "val/other_rate": rates[Behavior.OTHER],
                        "val/behavior_balance": 2 * torch.minimum(mem, gen)}, prog_bar=True)
         self.log("val/mem_gen_product", 4 * mem * gen)
+        if self.cfg.task.get("n_val_perturbations", 1) >= 2:
+            self.log("val/pair_yield", pair_yield, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.behavior_history.append({"epoch": float(self.current_epoch),
+                                          "mem": float(mem), "gen": float(gen)})
 
     def configure_optimizers(self):
         tr = self.cfg.trainer
