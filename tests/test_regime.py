@@ -83,7 +83,8 @@ def test_module_logs_pair_yield_from_variants_and_rates_from_originals(monkeypat
     answers = [mem[0], str(sum(batch[1].meta["addends"])), batch[2].mem_answer,
                batch[3].mem_answer, str(sum(batch[4].meta["addends"])), batch[5].mem_answer]
     monkeypatch.setattr(module_mod, "generate", lambda *a, **k: answers)
-    cfg = OmegaConf.create({"model": {"kind": "scratch"}, "trainer": {"num_beams": 1},
+    cfg = OmegaConf.create({"model": {"kind": "scratch"},
+                            "analysis": {"decoding": {"num_beams": 1}},
                             "task": {"max_new_tokens": 4, "n_val_perturbations": 2}})
     module = MemGenModule(None, None, task, cfg)
     logged = {}
