@@ -10,6 +10,7 @@ so a notebook, the Lightning callbacks and the sweeps run the very same code.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -31,6 +32,7 @@ from memgen.analysis.consistency import (
     site_widths,
 )
 from memgen.analysis.input_baseline import input_only_accuracy
+from memgen.analysis.kinds_stage import is_legacy, run_kinds
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport, check_disjoint, probe_sites
 from memgen.analysis.results import (
@@ -194,14 +196,28 @@ def run_probes(settings: AnalysisSettings, features: Features, behaviors: Behavi
 
 # -- stage 4: steering ------------------------------------------------------------------------
 
+def _band(name: str, analysed: list[str]) -> list[str] | None:
+    """``mlp.1-2``: the analysed sites of that kind with a layer in the band (None: no band)."""
+    kind, _, layers = name.partition(".")
+    low, dash, high = layers.partition("-")
+    if not dash or not low.isdigit() or not high.isdigit():
+        return None
+    return [site for site in analysed if site.partition(".")[0] == kind
+            and int(low) <= int(site.partition(".")[2]) <= int(high)]
+
+
 def steering_sites(spec: str, analysed: list[str]) -> list[str]:
-    """``analysis.steering.sites`` ("all", "resid", "mlp" or "resid.3,mlp.4") among the
-    analysed sites, in their order; a name that was not analysed fails by name."""
+    """``analysis.steering.sites`` ("all", "resid", "mlp", "resid.3,mlp.4" or layer bands like
+    "mlp.1-2") among the analysed sites, in their order; a name that was not analysed fails by
+    name."""
     if spec == "all":
         return list(analysed)
     out: list[str] = []
     for name in (part.strip() for part in spec.split(",")):
-        if name in ("resid", "mlp"):
+        band = _band(name, analysed)
+        if band:
+            out += band
+        elif name in ("resid", "mlp"):
             out += [site for site in analysed if site.startswith(name + ".")]
         elif name in analysed:
             out.append(name)
@@ -288,6 +304,12 @@ def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, spl
                          control_names=s.controls, clean_examples=clean, baseline=baseline,
                          decoding=settings.decoding, seed=settings.seed,
                          last_prompt_only=s.last_prompt_only)
+
+
+def _pool(neurons: Neurons, spec: str) -> dict[str, SiteStats]:
+    """The statistics of the sites ``spec`` names (a candidate of ``tune_sites``)."""
+    keep = steering_sites(spec, list(neurons.stats))
+    return {site: neurons.stats[site] for site in keep}
 
 
 # -- stage 5: consistency ---------------------------------------------------------------------
@@ -433,7 +455,18 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
     baseline = (unsteered_clean(subject, settings, clean)
                 if "steering" in stages or "grid" in stages else None)
     steered = settings  # the tuned (top_fraction, alpha) also steer the transfer below
-    if "steering" in stages:
+    if "steering" in stages and not is_legacy(settings):
+        result.kinds = run_kinds(subject, settings, neurons, features, behaviors, clean,
+                                 baseline, lambda spec: _pool(neurons, spec))
+        result.steering = result.kinds.result
+        result.metrics |= summary_metrics(result.steering) | result.kinds.metrics
+        kind, positions, sites = result.kinds.pick
+        if kind == "add" and positions in ("last_prompt", "every_pass"):
+            best = result.kinds.tuning.best
+            steered = settings.with_steering(replace(
+                settings.steering.at(best["top"], best["alpha"]), sites=sites,
+                positions=positions))
+    elif "steering" in stages:
         if settings.steering.tune:
             result.tuning = tune_steering(subject, settings, neurons, behaviors.selection, clean,
                                           baseline)
@@ -443,6 +476,10 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
         result.steering = run_steering(subject, steered, neurons, behaviors.evaluation, clean,
                                        baseline)
         result.metrics |= summary_metrics(result.steering)
+        result.kinds = run_kinds(subject, steered, neurons, features, behaviors, clean,
+                                 baseline, lambda spec: _pool(neurons, spec), result.steering,
+                                 steering_selection(steered, neurons))
+        result.metrics |= result.kinds.metrics
     if "grid" in stages:
         result.grid = run_grid(subject, settings, neurons, behaviors.evaluation, clean,
                                baseline=baseline)
