@@ -264,6 +264,14 @@ def test_tuning_screens_all_and_refines_the_best_two():
     assert len(calls) == 4 + (6 - 1) * 2  # the screened cell is not scored twice
     assert t.candidate == cands[1] and t.best["alpha"] == 3.0
     assert isinstance(t.scores, pd.DataFrame) and set(t.scores["stage"]) == {"screen", "refine"}
+    # interchange and ablate are reported, never refined nor picked (unless alone)
+    quality.update(interchange=5.0, ablate=4.0)
+    cands2 = [*cands, ("interchange", "prompt", "mlp")]
+    t = tune_kinds(score, cands2, [0.05, 0.1], [1.0], 0.1, 0.02, keep=2)
+    assert t.candidate[0] == "set_mean"
+    assert set(t.scores.loc[t.scores["stage"] == "refine", "kind"]) == {"set_mean", "add_scaled"}
+    only = tune_kinds(score, [("ablate", "all", "mlp")], [0.1], [1.0], 0.1, 0.02)
+    assert only.candidate[0] == "ablate"
 
 
 def test_site_bands():
@@ -283,3 +291,18 @@ def test_every_kind_needs_its_values():
                             torch.tensor([]))
     with pytest.raises(ValueError, match="empty"):
         Intervention("interchange", empty)
+
+
+def test_config_names_the_kind_and_keeps_last_prompt_only():
+    from memgen.config import ConfigError, compose
+    from memgen.settings import settings_from_config
+
+    paper = settings_from_config(compose(["experiment=paper_steering"])).steering
+    assert (paper.kind, paper.positions, paper.sites, paper.last_prompt_only) == (
+        "add", "every_pass", "resid", False)
+    legacy = settings_from_config(compose(["analysis.steering.last_prompt_only=false"]))
+    assert legacy.steering.positions is None and not legacy.steering.last_prompt_only
+    with pytest.raises(ConfigError, match="analysis.steering.positions"):
+        compose(["analysis.steering.positions=everywhere"])
+    with pytest.raises(ConfigError, match="analysis.steering.tune_kinds"):
+        compose(["analysis.steering.tune_kinds=[add,nudge]"])

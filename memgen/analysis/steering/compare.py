@@ -42,6 +42,7 @@ from memgen.analysis.steering.tuning import best_cell
 from memgen.tasks.base import Behavior, Example
 
 Candidate = tuple[str, str, str]  # kind, positions, sites
+UNPICKABLE = ("interchange", "ablate")  # reported beside the others, never the run's pick
 Maker = Callable[[str, str, float], tuple[Intervention, dict[str, Intervention]]]
 
 
@@ -179,7 +180,7 @@ def tune_kinds(score_cell: Callable[[Candidate, float, float], dict[str, float]]
             score(cand, mid_top, cand_alphas[len(cand_alphas) // 2], "screen")
         screened = pd.DataFrame(rows)
         ranked = []
-        pool = screened.copy()
+        pool = _pickable(screened).copy()
         while len(ranked) < keep and not pool.empty:
             pick = best_cell(pool, max_control, max_clean_drop)
             ranked.append((pick["kind"], pick["positions"], pick["sites"]))
@@ -193,7 +194,14 @@ def tune_kinds(score_cell: Callable[[Candidate, float, float], dict[str, float]]
                 if (*cand, top, alpha) not in done:
                     score(cand, top, alpha, "refine")
     scores = pd.DataFrame(rows)
-    return KindTuning(scores, best_cell(scores, max_control, max_clean_drop))
+    return KindTuning(scores, best_cell(_pickable(scores), max_control, max_clean_drop))
+
+
+def _pickable(scores: pd.DataFrame) -> pd.DataFrame:
+    """The cells the run may steer with: not ``interchange`` (an upper bound that needs each
+    item's counterpart) nor ``ablate`` (toward GEN only), unless nothing else was scored."""
+    mask = scores["kind"].isin(UNPICKABLE)
+    return scores if mask.all() else scores[~mask]
 
 
 def all_coordinates(model, sites: Sequence[str]) -> NeuronSelection:

@@ -202,6 +202,10 @@ def _site_hook(op: _SiteOp, kind: str, positions: str, state: PassState):
             if found is None or not (state.prefill or state.forced is not None):
                 return None  # generated positions have no counterpart
             source, has = found
+            if h.shape[0] != source.shape[0] and h.shape[0] % source.shape[0] == 0:
+                beams = h.shape[0] // source.shape[0]  # beam search expands each row
+                source, has = (source.repeat_interleave(beams, 0),
+                               has.repeat_interleave(beams, 0))
             if source.shape[:2] != h.shape[:2]:
                 raise ValueError(f"interchange: sources of shape {tuple(source.shape[:2])} for "
                                  f"a pass of shape {tuple(h.shape[:2])} at '{op.site}'")
