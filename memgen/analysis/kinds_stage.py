@@ -175,3 +175,20 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
                                             real, analysed, d)
         report.metrics |= ceiling_metrics(report.ceiling, report.result)
     return report
+
+
+def steer_kind(subject: Subject, settings: AnalysisSettings, stats: dict[str, SiteStats],
+               selection: NeuronSelection, split: Split, clean: list[Example],
+               baseline: CleanBaseline | None) -> SteeringResult:
+    """``steering.kind`` at ``steering.positions`` and ``alpha`` on ``split`` with its controls
+    (add, set_mean, ablate: what the statistics alone define); ``stats``: the steerable sites'
+    statistics (the controls' pool)."""
+    s = settings.steering
+    if s.kind in ("add_scaled", "interchange"):
+        raise ValueError(f"analysis.steering.kind: '{s.kind}' needs the activations and pairs "
+                         f"of a full analysis (analyse_model), not a steering-only run")
+    main = kinds_mod.build(s.kind, selection, stats)
+    ctrl = kinds_mod.controls(s.kind, main, stats, seed=settings.seed, names=s.controls)
+    return evaluate_intervention(subject, split.examples, split.behaviors, main, s.alpha,
+                                 positions_of(s.positions, s.last_prompt_only), ctrl,
+                                 decoding=settings.decoding, clean=clean, baseline=baseline)

@@ -32,7 +32,7 @@ from memgen.analysis.consistency import (
     site_widths,
 )
 from memgen.analysis.input_baseline import input_only_accuracy
-from memgen.analysis.kinds_stage import is_legacy, run_kinds
+from memgen.analysis.kinds_stage import is_legacy, run_kinds, steer_kind
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport, check_disjoint, probe_sites
 from memgen.analysis.results import (
@@ -61,6 +61,7 @@ from memgen.analysis.steering.evaluation import (
     evaluate_steering,
     summary_metrics,
 )
+from memgen.analysis.steering.intervene import positions_of
 from memgen.analysis.steering.tuning import best_cell, grid_scores, steering_grid
 from memgen.tasks import Behavior, Example
 
@@ -279,9 +280,15 @@ def tune_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons
 def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
                  clean: list[Example], baseline: CleanBaseline | None = None
                  ) -> SteeringResult:
-    """Steer ``split`` at the set (k, alpha), next to every control."""
+    """Steer ``split`` at the set (k, alpha), next to every control; a ``kind`` other than add
+    or ``positions`` prompt/all steer through ``steering.compare`` (add_scaled and interchange
+    need the activations and pairs: ``analyse_model``)."""
     s = settings.steering
     selection = steering_selection(settings, neurons)
+    positions = positions_of(s.positions, s.last_prompt_only)
+    if s.kind != "add" or positions not in ("last_prompt", "every_pass"):
+        return steer_kind(subject, settings, steering_stats(s, neurons.stats), selection, split,
+                          clean, baseline)
     controls = build_controls(steering_stats(s, neurons.stats), selection, settings.seed,
                               s.controls)
     return evaluate_steering(subject, split.examples, split.behaviors, selection, s.alpha,
