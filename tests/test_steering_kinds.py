@@ -133,6 +133,29 @@ def test_steered_passes_are_those_the_mode_names(model, positions, steered):
     assert changed[:, :-1].any() == (positions in ("prompt", "all"))
 
 
+def test_a_batch_without_padding_steers_its_prefill_only(model):
+    """``generate`` drops an all-ones attention mask: equal-length prompts must still be
+    steered on the prefill only under last_prompt (today's ``last_prompt_only`` too)."""
+    prompts = ["12+7", "3+45"]  # same length: no padding, no mask in the forward calls
+    iv = _interventions()["add"]
+    for positions, steered in (("last_prompt", [True, False, False]),
+                               ("every_pass", [True, True, True])):
+        before, after, _ = _hooked(model, iv, 2.0, "to_mem", positions,
+                                   lambda s: generate(model, TOK, prompts, 3, batch_size=2))
+        assert [not torch.equal(a, b) for a, b in zip(after, before, strict=True)] == steered
+    before, after = [], []
+    handles = [hook_site(model, SITE, lambda h: before.append(h.clone()))]
+    try:
+        with steer(model, SEL, 2.0, "to_mem", last_prompt_only=True):
+            handles.append(hook_site(model, SITE, lambda h: after.append(h.clone())))
+            generate(model, TOK, prompts, 3, batch_size=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [not torch.equal(a, b) for a, b in zip(after, before, strict=True)] == [True, False,
+                                                                                   False]
+
+
 def test_generic_add_equals_todays_steer(model):
     iv = kinds.build("add", SEL, STATS)
     subject = Subject(model, TOK, FirstCharTask())

@@ -110,14 +110,24 @@ def _new_tokens(args: tuple, kwargs: dict) -> int | None:
 
 
 def is_prefill(args: tuple, kwargs: dict) -> bool:
-    """A forward call is the prefill when its new tokens cover its whole attention mask."""
+    """A forward call is the prefill when its new tokens cover its whole attention mask.
+
+    Without a mask (``generate`` drops an all-ones mask: a batch without padding), a pass is
+    the prefill when its positions (``cache_position`` or ``position_ids``) include 0: every
+    sequence starts at 0, and a decoding step's new token never sits there. A pass with neither
+    is a plain forward: the prefill.
+    """
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
         mask = args[1]  # positional (input_ids, attention_mask)
     new = _new_tokens(args, kwargs)
-    if not isinstance(mask, torch.Tensor) or new is None:
-        return True
-    return new >= int(mask.shape[-1])
+    if isinstance(mask, torch.Tensor) and new is not None:
+        return new >= int(mask.shape[-1])
+    for key in ("cache_position", "position_ids"):
+        positions = kwargs.get(key)
+        if isinstance(positions, torch.Tensor) and positions.numel():
+            return bool((positions == 0).any())
+    return True
 
 
 def _shift_last(shift: _SiteShift, state: dict | None):
