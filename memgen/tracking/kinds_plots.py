@@ -20,16 +20,16 @@ def kinds_figure(table: pd.DataFrame) -> Figure:
     """One bar per (kind, positions), per direction (to_gen / to_mem side by side), in four
     panels: success with its CI and the strongest control as a cross, clean drop, KL and the
     share of items whose margin moved away from the target."""
-    fig = plt.figure(figsize=(10, 7.5))
+    fig = plt.figure(figsize=(max(10.0, 0.45 * len(table) + 4), 8.5))
     plt.close(fig)
-    labels = list(dict.fromkeys(f"{r.kind}\n{r.positions}" for r in table.itertuples()))
+    labels = list(dict.fromkeys(f"{r.kind} {r.positions}" for r in table.itertuples()))
     x = np.arange(len(labels))
     width = 0.38
     for i, (column, title) in enumerate(_PANELS):
         ax = fig.add_subplot(2, 2, i + 1)
         for j, direction in enumerate(("to_gen", "to_mem")):
             part = table[table["direction"] == direction]
-            pos = {f"{r.kind}\n{r.positions}": r for r in part.itertuples()}
+            pos = {f"{r.kind} {r.positions}": r for r in part.itertuples()}
             xs = [x[n] + (j - 0.5) * width for n, lab in enumerate(labels) if lab in pos]
             rows = [pos[lab] for lab in labels if lab in pos]
             if not rows or column not in table.columns:
@@ -43,7 +43,7 @@ def kinds_figure(table: pd.DataFrame) -> Figure:
             if column == "success":
                 ax.scatter(xs, [r.max_control_success for r in rows], marker="x", color="k",
                            zorder=3)
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=7, rotation=90)
         ax.set_title(title, fontsize=9)
         if i == 0:
             ax.set_ylim(0, 1.02)
