@@ -125,6 +125,15 @@ class SteeringConfig:
     tune_max_control: float | None = 0.1
     tune_max_clean_drop: float | None = 0.02
     controls: list[str] = field(default_factory=lambda: ["random", "low_r", "shuffled"])
+    # issue 26: kind and positions of the intervention, and the candidates tuning compares
+    # (empty lists: the kind / positions / sites above); positions null: last_prompt_only
+    kind: str = "add"
+    positions: str | None = None
+    tune_kinds: list[str] = field(default_factory=list)
+    tune_positions: list[str] = field(default_factory=list)
+    tune_sites: list[str] = field(default_factory=list)
+    tune_keep: int = 2
+    ceiling: bool = True
 
 
 @dataclass
@@ -407,6 +416,19 @@ def _check_finite(node: Any, prefix: str = "") -> None:
         _require(math.isfinite(node), prefix, "a finite number", node)
 
 
+def _validate_kinds(s) -> None:
+    """issue 26's kind / positions / candidate lists."""
+    kinds = ["add", "add_scaled", "set_mean", "interchange", "ablate"]
+    positions = ["last_prompt", "every_pass", "prompt", "all"]
+    for name in [s.kind, *s.tune_kinds]:
+        _require(name in kinds, "analysis.steering.kind" if name == s.kind and name not in
+                 s.tune_kinds else "analysis.steering.tune_kinds", f"names from {kinds}", name)
+    for name in ([s.positions] if s.positions is not None else []) + list(s.tune_positions):
+        _require(name in positions, "analysis.steering.positions", f"names from {positions}",
+                 name)
+    _require(s.tune_keep >= 1, "analysis.steering.tune_keep", "an integer >= 1", s.tune_keep)
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks that types cannot express; the first failure raises ConfigError."""
     t, m, tr, a = cfg.task, cfg.model, cfg.trainer, cfg.analysis
@@ -487,6 +509,7 @@ def validate(cfg: DictConfig) -> None:
     for name in s.controls:
         _require(name in ("random", "low_r", "shuffled"), "analysis.steering.controls",
                  "names from ['low_r', 'random', 'shuffled']", name)
+    _validate_kinds(s)
     _require(0 < a.selection_fraction < 1, "analysis.selection_fraction", "a fraction in (0, 1)",
              a.selection_fraction)
     _require(len(set(a.consistency_seeds)) == len(a.consistency_seeds)

@@ -147,7 +147,8 @@ def check_analysis(cfg: DictConfig, model: torch.nn.Module) -> None:
     except ValueError as exc:
         raise ConfigError(f"analysis.sites: {exc}") from None
     try:
-        steering_sites(cfg.analysis.steering.sites, sites)
+        for spec in [cfg.analysis.steering.sites, *cfg.analysis.steering.tune_sites]:
+            steering_sites(spec, sites)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     total = sum(site_width(model, site) for site in sites)

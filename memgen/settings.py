@@ -26,7 +26,11 @@ def settings_from_config(cfg: DictConfig) -> AnalysisSettings:
         grid_alpha=tuple(s.grid_alpha), grid_top_fraction=tuple(s.grid_top_fraction),
         tune=bool(s.tune), tune_top_fraction=tuple(s.tune_top_fraction),
         tune_alpha=tuple(s.tune_alpha), tune_max_control=s.tune_max_control,
-        tune_max_clean_drop=s.tune_max_clean_drop, controls=tuple(s.controls))
+        tune_max_clean_drop=s.tune_max_clean_drop, controls=tuple(s.controls),
+        kind=str(s.kind), positions=None if s.positions is None else str(s.positions),
+        tune_kinds=tuple(s.tune_kinds), tune_positions=tuple(s.tune_positions),
+        tune_sites=tuple(str(x) for x in s.tune_sites), tune_keep=int(s.tune_keep),
+        ceiling=bool(s.ceiling))
     return AnalysisSettings(
         decoding=Decoding(max_new_tokens=int(cfg.task.max_new_tokens),
                           batch_size=int(a.batch_size), num_beams=int(a.decoding.num_beams)),

@@ -166,5 +166,6 @@ class Analysis:
     consistency: IntraResult | None = None
     transfer: SteeringResult | None = None  # half B's neurons steering half A's items
     inter: InterTask | None = None
+    kinds: Any = None  # kinds_stage.KindsReport: kinds side by side, margins, the ceiling
     metrics: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why

@@ -49,6 +49,19 @@ class SteeringSettings:
     tune_max_control: float | None = 0.1
     tune_max_clean_drop: float | None = 0.02
     controls: tuple[str, ...] = ("random", "low_r", "shuffled")
+    # issue 26: the intervention (steering/intervene.py) and what tuning compares
+    kind: str = "add"  # add | add_scaled | set_mean | interchange | ablate
+    positions: str | None = None  # last_prompt | every_pass | prompt | all; None: last_prompt_only
+    tune_kinds: tuple[str, ...] = ()  # empty: (kind,)
+    tune_positions: tuple[str, ...] = ()  # empty: (positions,)
+    tune_sites: tuple[str, ...] = ()  # empty: (sites,)
+    tune_keep: int = 2  # candidates refined over k x alpha after the one-cell screen
+    ceiling: bool = True  # the GEN->MEM full-site interchange ceiling
+
+    def __post_init__(self) -> None:
+        # ``positions`` wins over the legacy flag where both name the same thing
+        if self.positions in ("last_prompt", "every_pass"):
+            object.__setattr__(self, "last_prompt_only", self.positions == "last_prompt")
 
     def at(self, top_fraction: float, alpha: float) -> SteeringSettings:
         """The same steering at a given (top_fraction, alpha), e.g. the tuned pick."""

@@ -10,6 +10,7 @@ so a notebook, the Lightning callbacks and the sweeps run the very same code.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pandas as pd
 import torch
@@ -31,6 +32,7 @@ from memgen.analysis.consistency import (
     site_widths,
 )
 from memgen.analysis.input_baseline import input_only_accuracy
+from memgen.analysis.kinds_stage import is_legacy, run_kinds, steer_kind
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport, check_disjoint, probe_sites
 from memgen.analysis.results import (
@@ -59,6 +61,7 @@ from memgen.analysis.steering.evaluation import (
     evaluate_steering,
     summary_metrics,
 )
+from memgen.analysis.steering.intervene import positions_of
 from memgen.analysis.steering.tuning import best_cell, grid_scores, steering_grid
 from memgen.analysis.timing import StageTimer
 from memgen.tasks import Behavior, Example
@@ -201,14 +204,28 @@ def run_probes(settings: AnalysisSettings, features: Features, behaviors: Behavi
 
 # -- stage 4: steering ------------------------------------------------------------------------
 
+def _band(name: str, analysed: list[str]) -> list[str] | None:
+    """``mlp.1-2``: the analysed sites of that kind with a layer in the band (None: no band)."""
+    kind, _, layers = name.partition(".")
+    low, dash, high = layers.partition("-")
+    if not dash or not low.isdigit() or not high.isdigit():
+        return None
+    return [site for site in analysed if site.partition(".")[0] == kind
+            and int(low) <= int(site.partition(".")[2]) <= int(high)]
+
+
 def steering_sites(spec: str, analysed: list[str]) -> list[str]:
-    """``analysis.steering.sites`` ("all", "resid", "mlp" or "resid.3,mlp.4") among the
-    analysed sites, in their order; a name that was not analysed fails by name."""
+    """``analysis.steering.sites`` ("all", "resid", "mlp", "resid.3,mlp.4" or layer bands like
+    "mlp.1-2") among the analysed sites, in their order; a name that was not analysed fails by
+    name."""
     if spec == "all":
         return list(analysed)
     out: list[str] = []
     for name in (part.strip() for part in spec.split(",")):
-        if name in ("resid", "mlp"):
+        band = _band(name, analysed)
+        if band:
+            out += band
+        elif name in ("resid", "mlp"):
             out += [site for site in analysed if site.startswith(name + ".")]
         elif name in analysed:
             out.append(name)
@@ -270,9 +287,15 @@ def tune_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons
 def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
                  clean: list[Example], baseline: CleanBaseline | None = None
                  ) -> SteeringResult:
-    """Steer ``split`` at the set (k, alpha), next to every control."""
+    """Steer ``split`` at the set (k, alpha), next to every control; a ``kind`` other than add
+    or ``positions`` prompt/all steer through ``steering.compare`` (add_scaled and interchange
+    need the activations and pairs: ``analyse_model``)."""
     s = settings.steering
     selection = steering_selection(settings, neurons)
+    positions = positions_of(s.positions, s.last_prompt_only)
+    if s.kind != "add" or positions not in ("last_prompt", "every_pass"):
+        return steer_kind(subject, settings, steering_stats(s, neurons.stats), selection, split,
+                          clean, baseline)
     controls = build_controls(steering_stats(s, neurons.stats), selection, settings.seed,
                               s.controls)
     return evaluate_steering(subject, split.examples, split.behaviors, selection, s.alpha,
@@ -295,6 +318,12 @@ def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, spl
                          control_names=s.controls, clean_examples=clean, baseline=baseline,
                          decoding=settings.decoding, seed=settings.seed,
                          last_prompt_only=s.last_prompt_only)
+
+
+def _pool(neurons: Neurons, spec: str) -> dict[str, SiteStats]:
+    """The statistics of the sites ``spec`` names (a candidate of ``tune_sites``)."""
+    keep = steering_sites(spec, list(neurons.stats))
+    return {site: neurons.stats[site] for site in keep}
 
 
 # -- stage 5: consistency ---------------------------------------------------------------------
@@ -457,7 +486,19 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
     if baseline is not None:
         timer.lap("clean_baseline")
     steered = settings  # the tuned (top_fraction, alpha) also steer the transfer below
-    if "steering" in stages:
+    if "steering" in stages and not is_legacy(settings):
+        result.kinds = run_kinds(subject, settings, neurons, features, behaviors, clean,
+                                 baseline, lambda spec: _pool(neurons, spec))
+        result.steering = result.kinds.result
+        result.metrics |= summary_metrics(result.steering) | result.kinds.metrics
+        kind, positions, sites = result.kinds.pick
+        if kind == "add" and positions in ("last_prompt", "every_pass"):
+            best = result.kinds.tuning.best
+            steered = settings.with_steering(replace(
+                settings.steering.at(best["top"], best["alpha"]), sites=sites,
+                positions=positions))
+        timer.lap("steering_kinds")  # tuning over the candidates and their held-out scores
+    elif "steering" in stages:
         if settings.steering.tune:
             result.tuning = tune_steering(subject, settings, neurons, behaviors.selection, clean,
                                           baseline)
@@ -468,6 +509,10 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
         result.steering = run_steering(subject, steered, neurons, behaviors.evaluation, clean,
                                        baseline)
         result.metrics |= summary_metrics(result.steering)
+        result.kinds = run_kinds(subject, steered, neurons, features, behaviors, clean,
+                                 baseline, lambda spec: _pool(neurons, spec), result.steering,
+                                 steering_selection(steered, neurons))
+        result.metrics |= result.kinds.metrics
         timer.lap("steering_evaluation")
     if "grid" in stages:
         result.grid = run_grid(subject, settings, neurons, behaviors.evaluation, clean,

@@ -115,6 +115,21 @@ def analysis_sections(analysis) -> list[tuple[str, str]]:
         s = analysis.steering
         note = f"k={s.k}, alpha={s.alpha:g}, evaluation split; success with 95% CI"
         out.append(("Steering vs controls", table(s.table(), 40, note)))
+    kinds = getattr(analysis, "kinds", None)
+    if kinds is not None and len(kinds.table):
+        cols = [c for c in ("kind", "positions", "sites", "direction", "k", "alpha", "n",
+                            "success", "ci_low", "ci_high", "strongest_control",
+                            "max_control_success", "clean_acc_drop", "kl", "margin_shift",
+                            "wrong_way") if c in kinds.table.columns]
+        pick = " / ".join(kinds.pick) if kinds.pick else ""
+        ceiling = ""
+        if kinds.ceiling is not None and len(kinds.ceiling):
+            ceiling = (f"; GEN->MEM ceiling (full-site interchange reaches the MEM answer): "
+                       f"{kinds.ceiling['reachable'].mean():.0%} of {len(kinds.ceiling)}")
+        note = (f"evaluation split, each at its selection-split pick; steered: {pick}; "
+                f"margin_shift = mean move of log p(MEM)-log p(GEN) toward the target; "
+                f"wrong_way = share moved away{ceiling}")
+        out.append(("Intervention kinds", table(kinds.table[cols], 60, note)))
     if analysis.probes is not None:
         out.append(("Probes by site", table(analysis.probes.table, 40)))
     if analysis.consistency is not None:

@@ -18,6 +18,7 @@ from memgen.replicates.claims import ClaimResult
 from memgen.tracking import html_report
 from memgen.tracking.consistency_plots import overlap_matrix_figure
 from memgen.tracking.headline import description, headline
+from memgen.tracking.kinds_plots import kinds_figure
 from memgen.tracking.neuron_plots import abs_r_heatmap
 from memgen.tracking.numbers import rounded
 from memgen.tracking.probe_plots import probe_accuracy_by_layer
@@ -83,6 +84,16 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
         run.log_frame(analysis.steering.items, "steering/items.parquet")
     if analysis.tuning is not None:
         run.log_frame(analysis.tuning.scores, "steering/tuning.csv")
+    kinds = getattr(analysis, "kinds", None)
+    if kinds is not None:
+        run.log_frame(kinds.table, "steering/kinds.csv")
+        if kinds.tuning is not None:
+            run.log_frame(kinds.tuning.scores, "steering/kinds_tuning.csv")
+        if kinds.ceiling is not None:
+            run.log_frame(kinds.ceiling, "steering/ceiling.csv")
+        if len(kinds.table):
+            pngs["steering/kinds.png"] = run.log_figure(kinds_figure(kinds.table),
+                                                        "steering/kinds.png")
     if analysis.grid is not None and len(analysis.grid):
         run.log_frame(analysis.grid, "steering/grid.csv")
         tuned = ((analysis.steering.k, analysis.steering.alpha)

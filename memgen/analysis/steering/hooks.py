@@ -126,18 +126,21 @@ def _new_tokens(args: tuple, kwargs: dict) -> int | None:
 def is_prefill(args: tuple, kwargs: dict) -> bool:
     """A forward call is the prefill when its new tokens cover its whole attention mask.
 
-    ``generate`` leaves the mask out when no prompt is padded (a batch of one length): then the
-    pass is the prefill when its first position id is 0 in every row (a decoding pass starts
-    after the prompt), and a call with neither is a plain forward (the prefill)."""
+    Without a mask (``generate`` drops an all-ones mask: a batch without padding), a pass is
+    the prefill when its positions (``cache_position`` or ``position_ids``) include 0: every
+    sequence starts at 0, and a decoding step's new token never sits there. A pass with neither
+    is a plain forward: the prefill.
+    """
     mask = kwargs.get("attention_mask")
     if mask is None and len(args) > 1 and isinstance(args[1], torch.Tensor):
         mask = args[1]  # positional (input_ids, attention_mask)
     new = _new_tokens(args, kwargs)
     if isinstance(mask, torch.Tensor) and new is not None:
         return new >= int(mask.shape[-1])
-    positions = kwargs.get("position_ids")
-    if isinstance(positions, torch.Tensor) and positions.dim() >= 1 and positions.numel():
-        return int(positions[..., 0].max()) == 0
+    for key in ("cache_position", "position_ids"):
+        positions = kwargs.get(key)
+        if isinstance(positions, torch.Tensor) and positions.numel():
+            return bool((positions == 0).any())
     return True
 
 

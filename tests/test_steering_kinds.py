@@ -1,0 +1,331 @@
+"""Intervention kinds, position modes, matched controls and the margin on tiny models (issue 26).
+
+Every test builds its models in memory (no training); the hooked activation is compared with a
+hand computation from the unhooked one at the same site.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from memgen.analysis.generation import encode_prompts, generate, position_ids
+from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.settings import Decoding, Subject
+from memgen.analysis.sites import hook_site
+from memgen.analysis.stages import steering_sites
+from memgen.analysis.steering import kinds
+from memgen.analysis.steering.compare import tune_kinds
+from memgen.analysis.steering.hooks import steer
+from memgen.analysis.steering.intervene import POSITIONS, Intervention, intervene
+from memgen.analysis.steering.margin import margins
+from memgen.analysis.steering.runner import generate_with, sources_for
+from memgen.tasks.base import Behavior, Example
+from tests.helpers_steering import (
+    MODELS,
+    PROMPTS,
+    FirstCharTask,
+    char_tokenizer,
+    fake_stats,
+    hook_count,
+    selection,
+)
+
+TOK = char_tokenizer()
+SITE = "resid.1"
+IDX = [0, 5, 7]
+SEL = selection([SITE] * 3, IDX, [3.0, -2.0, 4.0])
+STATS = fake_stats({"resid.1": 32, "resid.2": 32, "mlp.1": 128})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param](len(TOK))
+
+
+def _forward(model, prompts=PROMPTS):
+    batch = encode_prompts(TOK, prompts, "cpu")
+    with torch.no_grad():
+        model(**batch, position_ids=position_ids(batch["attention_mask"]))
+    return batch["attention_mask"].bool()
+
+
+def _hooked(model, iv, alpha, direction, positions, run):
+    """(before, after) activations at SITE of every pass ``run`` makes under the intervention."""
+    before, after = [], []
+    handles = [hook_site(model, SITE, lambda h: before.append(h.detach().clone()))]
+    try:
+        with intervene(model, iv, alpha, direction, positions) as state:
+            handles.append(hook_site(model, SITE, lambda h: after.append(h.detach().clone())))
+            out = run(state)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return before, after, out
+
+
+def _interventions():
+    sigma = {s: torch.rand(v.width) + 0.5 for s, v in STATS.items()}
+    return {k: kinds.build(k, SEL, STATS, sigma) for k in ("add", "add_scaled", "set_mean",
+                                                            "ablate")}
+
+
+def _expected(iv: Intervention, sub: torch.Tensor, alpha: float, direction: str):
+    sign = 1.0 if direction == "to_mem" else -1.0
+    if iv.kind in ("add", "add_scaled"):
+        return sub + sign * alpha * iv.shift
+    if iv.kind == "set_mean":
+        target = iv.mem_value if direction == "to_mem" else iv.gen_value
+        return sub + alpha * (target - sub)
+    u = iv.direction / iv.direction.norm()
+    return sub - alpha * (sub @ u).unsqueeze(-1) * u
+
+
+@pytest.mark.parametrize("positions", POSITIONS)
+@pytest.mark.parametrize("kind", ["add", "add_scaled", "set_mean", "ablate"])
+def test_hooked_value_is_the_hand_computed_one(model, kind, positions):
+    """A plain forward is a prefill: last_prompt/every_pass change position -1, prompt/all every
+    real prompt position; the selected coordinates take the kind's value, nothing else moves."""
+    iv = _interventions()[kind]
+    alpha = 1.0 if kind == "ablate" else 0.7
+    direction = "to_gen"
+    masks = []
+    (h0,), (h1,), _ = _hooked(model, iv, alpha, direction, positions,
+                              lambda s: masks.append(_forward(model)))
+    where = torch.zeros(h0.shape[:2], dtype=torch.bool)
+    if positions in ("last_prompt", "every_pass"):
+        where[:, -1] = True
+    else:
+        where = masks[0]
+    idx = torch.tensor(IDX)
+    expected = h0.clone()
+    new = _expected(iv, h0[..., idx], alpha, direction)
+    expected[..., idx] = torch.where(where.unsqueeze(-1), new, h0[..., idx])
+    assert torch.allclose(h1, expected, atol=1e-6)
+    changed = (h1 != h0).any(-1)
+    assert torch.equal(changed, where)  # exactly the positions the mode names
+    if kind == "ablate":  # no component left along the direction
+        u = iv.direction / iv.direction.norm()
+        assert (h1[..., idx][where] @ u).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("positions,steered", [("last_prompt", [True, False, False]),
+                                               ("every_pass", [True, True, True]),
+                                               ("prompt", [True, False, False]),
+                                               ("all", [True, True, True])])
+def test_steered_passes_are_those_the_mode_names(model, positions, steered):
+    iv = _interventions()["add"]
+    before, after, _ = _hooked(model, iv, 2.0, "to_mem", positions,
+                               lambda s: generate(model, TOK, PROMPTS[:4], 3, batch_size=4))
+    assert before[0].shape[1] > 1 and all(h.shape[1] == 1 for h in before[1:])
+    got = [not torch.equal(a, b) for a, b in zip(after, before, strict=True)]
+    assert got == steered[:len(got)]
+    changed = (after[0] != before[0]).any(-1)  # the prefill's steered positions
+    assert changed[:, :-1].any() == (positions in ("prompt", "all"))
+
+
+def test_a_batch_without_padding_steers_its_prefill_only(model):
+    """``generate`` drops an all-ones attention mask: equal-length prompts must still be
+    steered on the prefill only under last_prompt (today's ``last_prompt_only`` too)."""
+    prompts = ["12+7", "3+45"]  # same length: no padding, no mask in the forward calls
+    iv = _interventions()["add"]
+    for positions, steered in (("last_prompt", [True, False, False]),
+                               ("every_pass", [True, True, True])):
+        before, after, _ = _hooked(model, iv, 2.0, "to_mem", positions,
+                                   lambda s: generate(model, TOK, prompts, 3, batch_size=2))
+        assert [not torch.equal(a, b) for a, b in zip(after, before, strict=True)] == steered
+    before, after = [], []
+    handles = [hook_site(model, SITE, lambda h: before.append(h.clone()))]
+    try:
+        with steer(model, SEL, 2.0, "to_mem", last_prompt_only=True):
+            handles.append(hook_site(model, SITE, lambda h: after.append(h.clone())))
+            generate(model, TOK, prompts, 3, batch_size=2)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert [not torch.equal(a, b) for a, b in zip(after, before, strict=True)] == [True, False,
+                                                                                   False]
+
+
+def test_generic_add_equals_todays_steer(model):
+    iv = kinds.build("add", SEL, STATS)
+    subject = Subject(model, TOK, FirstCharTask())
+    exs = [Example(prompt=p, answer="", kind="conflict") for p in PROMPTS]
+    for positions, last_only in (("last_prompt", True), ("every_pass", False)):
+        with steer(model, SEL, 3.0, "to_gen", last_prompt_only=last_only):
+            today = generate(model, TOK, PROMPTS, 5)
+        assert generate_with(subject, iv, 3.0, "to_gen", positions, exs,
+                             Decoding(max_new_tokens=5)) == today
+
+
+def test_interchange_copies_the_counterparts_values(model):
+    """Same length: every prompt position takes the source's value; different lengths: only
+    the last prompt token."""
+    targets = [Example("12+7", "", "conflict"), Example("9", "", "conflict")]
+    sources = {targets[0]: Example("3+45", "", "conflict"),  # same length
+               targets[1]: Example("7\n8", "", "conflict")}  # longer
+    iv = kinds.build("interchange", SEL, STATS, sources=sources)
+    src_vals = []
+    handle = hook_site(model, SITE, lambda h: src_vals.append(h.detach().clone()))
+    try:
+        _forward(model, ["3+45"])
+        _forward(model, ["7\n8"])
+    finally:
+        handle.remove()
+    batch = encode_prompts(TOK, [t.prompt for t in targets], "cpu")
+    found = sources_for(model, TOK, iv, targets, batch["attention_mask"])
+
+    def run(state):
+        state.sources = found
+        return _forward(model, [t.prompt for t in targets])
+
+    (h0,), (h1,), _ = _hooked(model, iv, 1.0, "to_mem", "prompt", run)
+    idx = torch.tensor(IDX)
+    assert torch.allclose(h1[0, :, idx], src_vals[0][0, :, idx], atol=1e-5)  # all 4 positions
+    assert torch.allclose(h1[1, -1, idx], src_vals[1][0, -1, idx], atol=1e-5)  # last only
+    assert torch.equal(h1[1, :-1], h0[1, :-1])
+    other = torch.tensor([i for i in range(h0.shape[-1]) if i not in IDX])
+    assert torch.equal(h1[..., other], h0[..., other])
+
+
+@pytest.mark.parametrize("kind", ["add", "set_mean", "ablate", "interchange"])
+def test_hooks_removed_after_exception(model, kind):
+    iv = (_interventions()[kind] if kind != "interchange"
+          else kinds.build("interchange", SEL, STATS))
+    n = hook_count(model)
+    for positions in POSITIONS:
+        with pytest.raises(RuntimeError, match="boom"):
+            with intervene(model, iv, 1.0, "to_gen", positions):
+                assert hook_count(model) > n
+                raise RuntimeError("boom")
+        assert hook_count(model) == n
+
+
+def test_controls_match_norm_or_source():
+    sigma = {s: torch.rand(v.width) + 0.5 for s, v in STATS.items()}
+    sel = selection(["resid.1", "mlp.1", "mlp.1"], [2, 9, 40], [1.0, -3.0, 0.5])
+    for kind in ("add", "add_scaled", "set_mean"):
+        main = kinds.build(kind, sel, STATS, sigma)
+        ctrl = kinds.controls(kind, main, STATS, sigma, seed=3)
+        assert set(ctrl) == {"random", "low_r", "shuffled"}
+        rnd = ctrl["random"]
+        assert not set(rnd.selection.keys()) & set(sel.keys())
+        if kind == "set_mean":  # the expected shift: target - the source behaviour's mean
+            mine = main.mem_value - main.gen_value
+            gen_mean = kinds._per_neuron(STATS, rnd.selection, "mean_gen")
+            theirs = rnd.mem_value - gen_mean
+        else:
+            mine, theirs = main.shift, rnd.shift
+        assert torch.allclose(mine.norm(), theirs.norm())
+        assert sorted(ctrl["shuffled"].selection.keys()) == sorted(sel.keys())
+    main = kinds.build("ablate", sel, STATS)
+    rd = kinds.controls("ablate", main, STATS, seed=1)["random_direction"]
+    assert rd.selection.keys() == sel.keys()
+    cos = torch.nn.functional.cosine_similarity(rd.direction, main.direction, dim=0)
+    assert abs(float(cos)) < 0.999
+    # interchange: the counterpart vs a random item of the target behaviour, another example
+    ex = [[Example(f"{g}{k}", "", "conflict") for k in range(2)] for g in range(4)]
+    labels = [[Behavior.MEM, Behavior.GEN] for _ in range(4)]
+    items = [(g, k) for g in range(4) for k in range(2)]
+    real = kinds.counterparts(ex, labels, items)
+    rand = kinds.random_sources(ex, labels, items, seed=0)
+    for g, k in items:
+        assert real[ex[g][k]] == ex[g][1 - k]
+        src = rand[ex[g][k]]
+        sg, sk = next((a, b) for a in range(4) for b in range(2) if ex[a][b] == src)
+        assert sg != g and labels[sg][sk] == labels[g][1 - k]
+
+
+def test_margin_equals_hand_computation(model):
+    subject = Subject(model, TOK, FirstCharTask())
+    exs = [Example("12+7", "", "conflict", mem_answer="ab", gen_answer="9"),
+           Example("Input:\n1+2\n", "", "conflict", mem_answer="x", gen_answer="33")]
+    got = margins(subject, exs, batch_size=2)
+
+    def logp(prompt, answer):
+        p = TOK(prompt, add_special_tokens=False)["input_ids"]
+        a = TOK(answer + TOK.eos_token, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + a])).logits[0]
+        lp = torch.log_softmax(logits, -1)
+        return sum(float(lp[len(p) - 1 + j, t]) for j, t in enumerate(a))
+
+    hand = torch.tensor([logp(e.prompt, e.mem_answer) - logp(e.prompt, e.gen_answer)
+                         for e in exs])
+    assert torch.allclose(got, hand, atol=1e-4)
+    iv = kinds.build("add", SEL, STATS)
+    moved = margins(subject, exs, iv, 5.0, "to_mem", "all", batch_size=2)
+    assert not torch.allclose(moved, got)  # the intervention reaches the forced pass
+
+
+def test_tuning_screens_all_and_refines_the_best_two():
+    cands = [("add", "last_prompt", "mlp"), ("set_mean", "prompt", "mlp"),
+             ("ablate", "all", "mlp"), ("add_scaled", "every_pass", "mlp")]
+    quality = {"add": 0.3, "set_mean": 0.9, "ablate": 0.1, "add_scaled": 0.6}
+    calls = []
+
+    def score(cand, top, alpha):
+        calls.append((cand, top, alpha))
+        s = quality[cand[0]] + 0.01 * alpha
+        return {"k": int(top * 100), "min_success": s, "max_control_success": 0.0,
+                "clean_acc_drop": 0.0, "score": s}
+
+    t = tune_kinds(score, cands, [0.05, 0.1, 0.2], [1.0, 3.0], 0.1, 0.02, keep=2)
+    screened = {c for c, *_ in calls[:4]}
+    assert screened == set(cands) and all(top == 0.1 for _, top, _ in calls[:4])
+    refined = {c for c, *_ in calls[4:]}
+    assert refined == {cands[1], cands[3]}
+    assert len(calls) == 4 + (6 - 1) * 2  # the screened cell is not scored twice
+    assert t.candidate == cands[1] and t.best["alpha"] == 3.0
+    assert isinstance(t.scores, pd.DataFrame) and set(t.scores["stage"]) == {"screen", "refine"}
+    # interchange and ablate are reported, never refined nor picked (unless alone)
+    quality.update(interchange=5.0, ablate=4.0)
+    cands2 = [*cands, ("interchange", "prompt", "mlp")]
+    t = tune_kinds(score, cands2, [0.05, 0.1], [1.0], 0.1, 0.02, keep=2)
+    assert t.candidate[0] == "set_mean"
+    assert set(t.scores.loc[t.scores["stage"] == "refine", "kind"]) == {"set_mean", "add_scaled"}
+    only = tune_kinds(score, [("ablate", "all", "mlp")], [0.1], [1.0], 0.1, 0.02)
+    assert only.candidate[0] == "ablate"
+
+
+def test_site_bands():
+    analysed = ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2", "mlp.3"]
+    assert steering_sites("mlp.1-2", analysed) == ["mlp.1", "mlp.2"]
+    assert steering_sites("mlp.0-1,resid.2", analysed) == ["mlp.1", "resid.2"]
+    with pytest.raises(ValueError, match="mlp.7-8"):
+        steering_sites("mlp.7-8", analysed)
+
+
+def test_every_kind_needs_its_values():
+    with pytest.raises(ValueError, match="shift"):
+        Intervention("add", SEL)
+    with pytest.raises(ValueError, match="kind"):
+        Intervention("nudge", SEL, shift=SEL.nmd)
+    empty = NeuronSelection([], torch.tensor([], dtype=torch.long), torch.tensor([]),
+                            torch.tensor([]))
+    with pytest.raises(ValueError, match="empty"):
+        Intervention("interchange", empty)
+
+
+def test_config_names_the_kind_and_keeps_last_prompt_only():
+    from memgen.config import ConfigError, compose
+    from memgen.settings import settings_from_config
+
+    paper = settings_from_config(compose(["experiment=paper_steering"])).steering
+    assert (paper.kind, paper.positions, paper.sites, paper.last_prompt_only) == (
+        "add", "every_pass", "resid", False)
+    legacy = settings_from_config(compose(["analysis.steering.last_prompt_only=false"]))
+    assert legacy.steering.positions is None and not legacy.steering.last_prompt_only
+    with pytest.raises(ConfigError, match="analysis.steering.positions"):
+        compose(["analysis.steering.positions=everywhere"])
+    with pytest.raises(ConfigError, match="analysis.steering.tune_kinds"):
+        compose(["analysis.steering.tune_kinds=[add,nudge]"])

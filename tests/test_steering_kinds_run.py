@@ -1,0 +1,69 @@
+"""Kinds end to end on the session's trained model (no extra training): the pruned tuning on the
+selection split, one evaluation per candidate, kinds.csv rows, per-kind metrics, the ceiling."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from memgen.analysis.settings import Subject
+from memgen.settings import settings_from_config
+
+pytestmark = pytest.mark.slow
+
+
+def _subject_and_settings(trained_run):
+    trained = trained_run["objects"]["trained"]
+    return (Subject(trained.model, trained.tokenizer, trained.task),
+            settings_from_config(trained_run["cfg"]))
+
+
+def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run):
+    from memgen.analysis.stages import analyse_model
+
+    subject, settings = _subject_and_settings(trained_run)
+    steering = dataclasses.replace(
+        settings.steering, tune_kinds=("add", "set_mean", "interchange", "ablate"),
+        tune_positions=("last_prompt", "prompt"), tune_sites=("mlp",), tune_keep=2,
+        tune_top_fraction=(0.05, 0.1), tune_alpha=(3.0,))
+    result = analyse_model(subject, settings.with_steering(steering),
+                           stages=("neurons", "steering"))
+    kinds = result.kinds
+    scores = kinds.tuning.scores
+    screened = scores[scores["stage"] == "screen"]
+    assert len(screened) == 8  # every kind x positions once
+    refined = scores[scores["stage"] == "refine"]
+    assert len({(r.kind, r.positions) for r in refined.itertuples()}) <= 2
+    table = kinds.table
+    assert len({(r.kind, r.positions) for r in table.itertuples()}) == 8
+    assert set(table.loc[table["kind"] == "ablate", "direction"]) == {"to_gen"}
+    assert set(table.loc[table["kind"] == "interchange", "strongest_control"]) == {
+        "random_source"}
+    assert table["margin_shift"].notna().all() and table["wrong_way"].between(0, 1).all()
+    assert result.steering is kinds.result and kinds.pick == kinds.tuning.candidate
+    m = result.metrics
+    assert "steer/kind/set_mean/prompt/to_mem/success" in m
+    assert "steer/kind/ablate/last_prompt/to_gen/max_control_success" in m
+    assert 0 <= m["steer/ceiling/to_mem/reachable"] <= 1
+    assert m["steer/ceiling/to_mem/n"] == len(kinds.ceiling) > 0
+    # interchange is scored on items with a counterpart only (both directions together)
+    inter = table[(table["kind"] == "interchange") & (table["positions"] == "prompt")]
+    assert 0 < inter["n"].sum() <= len(result.behaviors.evaluation.items)
+
+
+def test_default_stays_todays_steering_and_adds_margins(trained_run):
+    from memgen.analysis.stages import analyse_model
+
+    subject, settings = _subject_and_settings(trained_run)
+    result = analyse_model(subject, settings, stages=("neurons", "steering"))
+    assert result.tuning is not None and result.kinds.tuning is None  # today's path
+    rows = result.kinds.table
+    assert list(rows["kind"].unique()) == ["add"]
+    assert rows["positions"].iloc[0] == ("last_prompt" if settings.steering.last_prompt_only
+                                         else "every_pass")
+    for d in ("to_gen", "to_mem"):
+        assert math.isclose(rows.loc[rows["direction"] == d, "success"].iloc[0],
+                            result.steering.selected[d].success)
+    assert result.steering.items["margin_before"].notna().any()
