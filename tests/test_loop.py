@@ -223,3 +223,18 @@ def test_no_analysis_pass_runs_without_an_attention_mask_on_padded_input(tmp_pat
     assert seen["passes"] > 100 and seen["padded"] > 0  # padded batches were exercised
     assert seen["unmasked_padded"] == [], f"{len(seen['unmasked_padded'])} passes without a mask"
     assert math.isfinite(analysis.metrics["steer/min_success"])
+
+
+def test_a_config_logged_before_num_beams_moved_still_loads():
+    """Runs logged with ``trainer.num_beams`` are re-analysed and resumed under today's closed
+    schema: the stored key is moved to ``analysis.decoding.num_beams``, its value kept."""
+    from omegaconf import OmegaConf
+
+    from memgen.config import compose, to_schema
+    from memgen.tracking.load import upgraded
+
+    stored = OmegaConf.to_container(compose([]), resolve=True)
+    del stored["analysis"]["decoding"]["num_beams"]
+    stored["trainer"]["num_beams"] = 3
+    cfg = to_schema(upgraded(OmegaConf.create(stored)))
+    assert cfg.analysis.decoding.num_beams == 3 and "num_beams" not in cfg.trainer

@@ -44,6 +44,23 @@ def latest_run_id(client: MlflowClient, experiment: str, command: str = "run") -
     return runs[0].info.run_id
 
 
+# Keys that moved since a run could have been logged: old path -> new path, so that a stored
+# config (a model to re-analyse, a run to resume) still loads under today's closed schema.
+MOVED_KEYS = {"trainer.num_beams": "analysis.decoding.num_beams"}
+
+
+def upgraded(raw: DictConfig) -> DictConfig:
+    """A stored config with every key of :data:`MOVED_KEYS` at its current place."""
+    for old, new in MOVED_KEYS.items():
+        parent, leaf = old.rsplit(".", 1)
+        node = OmegaConf.select(raw, parent, default=None)
+        if isinstance(node, DictConfig) and leaf in node:
+            value = node[leaf]
+            del node[leaf]
+            OmegaConf.update(raw, new, value, force_add=True)
+    return raw
+
+
 def run_config(client: MlflowClient, run_id: str) -> DictConfig:
     """The run's resolved ``config.yaml``, validated against today's schema."""
     try:
@@ -52,7 +69,7 @@ def run_config(client: MlflowClient, run_id: str) -> DictConfig:
         raise ConfigError(f"run id '{run_id}': no such run in this tracking store") from None
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, "config.yaml", tmp)
-        return to_schema(OmegaConf.load(path))
+        return to_schema(upgraded(OmegaConf.load(path)))
 
 
 def load_run(client: MlflowClient, run_id: str, device: str = "cpu") -> LoadedRun:
