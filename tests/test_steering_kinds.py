@@ -329,3 +329,23 @@ def test_config_names_the_kind_and_keeps_last_prompt_only():
         compose(["analysis.steering.positions=everywhere"])
     with pytest.raises(ConfigError, match="analysis.steering.tune_kinds"):
         compose(["analysis.steering.tune_kinds=[add,nudge]"])
+
+
+def test_interchange_generation_feeds_finished_rows_eos_not_pad(model, monkeypatch):
+    """Like ``generation.generate``, interchange's own decoding loop feeds a finished row EOS:
+    with an equal-length batch transformers drops the mask, and a PAD filler would make every
+    later pass padded input without a mask (transformers' attention-mask warning)."""
+    targets = [Example("12+7", "", "conflict"), Example("3+45", "", "conflict")]
+    sources = {targets[0]: targets[1], targets[1]: targets[0]}
+    iv = kinds.build("interchange", SEL, STATS, sources=sources)
+    seen = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("pad_token_id"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    subject = Subject(model, TOK, FirstCharTask())
+    generate_with(subject, iv, 1.0, "to_mem", "prompt", targets, Decoding(max_new_tokens=3))
+    assert seen and all(p == TOK.eos_token_id != TOK.pad_token_id for p in seen)

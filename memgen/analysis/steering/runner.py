@@ -14,7 +14,12 @@ import torch
 from torch import nn
 
 from memgen.analysis.capture import forward_inputs
-from memgen.analysis.generation import decode_new_tokens, encode_prompts, generate
+from memgen.analysis.generation import (
+    decode_new_tokens,
+    encode_prompts,
+    filler_token_id,
+    generate,
+)
 from memgen.analysis.settings import Decoding, Subject
 from memgen.analysis.sites import hook_site
 from memgen.analysis.steering.intervene import Intervention, align_sources, intervene
@@ -87,7 +92,7 @@ def generate_with(subject: Subject, intervention: Intervention, alpha: float, di
                 state.sources = sources
                 ids = model.generate(**batch, max_new_tokens=decoding.max_new_tokens,
                                      do_sample=False, num_beams=decoding.num_beams,
-                                     pad_token_id=tok.pad_token_id,
+                                     pad_token_id=filler_token_id(tok),
                                      eos_token_id=tok.eos_token_id)
             outputs += decode_new_tokens(tok, ids[:, batch["input_ids"].shape[1]:])
     finally:
