@@ -349,3 +349,18 @@ def test_interchange_generation_feeds_finished_rows_eos_not_pad(model, monkeypat
     subject = Subject(model, TOK, FirstCharTask())
     generate_with(subject, iv, 1.0, "to_mem", "prompt", targets, Decoding(max_new_tokens=3))
     assert seen and all(p == TOK.eos_token_id != TOK.pad_token_id for p in seen)
+
+
+def test_kind_names_with_several_sites_make_valid_metric_names():
+    """``tune_sites`` with several entries labels candidates ``kind:sites``; every per-kind
+    metric name must pass MLflow's rule (``@`` and ``,`` are refused: a re-analysis failed)."""
+    import re
+
+    from memgen.analysis.kinds_stage import kind_label
+    from memgen.analysis.steering.compare import kind_metrics
+
+    name, positions, sites = kind_label(("add", "every_pass", "resid.3,mlp.4"), True)
+    assert (name, positions) == ("add:resid.3_mlp.4", "every_pass")
+    rows = [{"kind": name, "positions": positions, "direction": "to_gen", "success": 0.5}]
+    names = list(kind_metrics(rows))
+    assert names and all(re.fullmatch(r"[\w\-. :/]+", n) for n in names)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -114,6 +115,14 @@ def ceiling_metrics(ceiling: pd.DataFrame, result: SteeringResult | None) -> dic
     return out
 
 
+def kind_label(cand: Candidate, multi_sites: bool) -> Candidate:
+    """The kinds table's name of a candidate: ``kind:sites`` when sites vary, kept safe for a
+    metric name part (MLflow refuses ``@`` and ``,``; sites may read ``resid.3,mlp.4``)."""
+    kind, positions, sites = cand
+    return (re.sub(r"[^\w\-.:]", "_", f"{kind}:{sites}") if multi_sites else kind, positions,
+            sites)
+
+
 def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
               features: Features, behaviors: Behaviors, clean: list[Example],
               baseline: CleanBaseline | None, pool_of: Callable[[str], dict[str, SiteStats]],
@@ -128,7 +137,7 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
     multi_sites = len({c[2] for c in cands}) > 1
 
     def label(c: Candidate) -> Candidate:
-        return (f"{c[0]}@{c[2]}" if multi_sites else c[0], c[1], c[2])
+        return kind_label(c, multi_sites)
 
     if legacy is not None and legacy_selection is not None:
         cand = cands[0]
