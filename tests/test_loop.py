@@ -246,3 +246,19 @@ def test_a_config_logged_before_num_beams_moved_still_loads():
     stored["trainer"]["num_beams"] = 3
     cfg = to_schema(upgraded(OmegaConf.create(stored)))
     assert cfg.analysis.decoding.num_beams == 3 and "num_beams" not in cfg.trainer
+
+
+def test_a_generated_pad_is_content_and_eos_ends_the_text():
+    """A steered model can emit its PAD token mid-answer; it must stay in the text (so the
+    answer is OTHER) instead of being dropped, which spliced "1<pad>2" into a correct "12"."""
+    from memgen.analysis.generation import decode_new_tokens
+    from memgen.training.data import make_task, task_tokenizer
+
+    tok = task_tokenizer(make_task(compose([])))
+    one, two = tok.convert_tokens_to_ids(["1", "2"])
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    ids = torch.tensor([[one, two, eos, eos], [one, pad, two, eos], [one, two, pad, pad]])
+    clean, spliced, unfinished = decode_new_tokens(tok, ids)
+    assert clean == "12"
+    assert spliced != "12" and spliced.startswith("1") and spliced.endswith("2")
+    assert unfinished.startswith("12") and unfinished != "12"

@@ -42,13 +42,19 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def decode_new_tokens(tokenizer, ids: torch.Tensor) -> list[str]:
-    """Text of generated ids, cut at the first EOS; added tokens (memorized answers) are kept."""
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    """Text of generated ids, cut at the first EOS; added tokens (memorized answers) are kept.
+
+    A PAD *before* EOS is the model's own output (a steered model can emit it) and stays in the
+    text, so such an answer is OTHER: removing it could splice a broken output into a correct
+    one. Finished rows are filled with EOS (:func:`filler_token_id`), so no filler survives the
+    cut; without an EOS token the filler is PAD, and the text ends at the first one.
+    """
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
     texts = []
     for row in ids.tolist():
         if eos in row:
             row = row[: row.index(eos)]
-        texts.append(tokenizer.decode([t for t in row if t != pad], skip_special_tokens=False))
+        texts.append(tokenizer.decode(row, skip_special_tokens=False))
     return texts
 
 
