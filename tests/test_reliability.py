@@ -16,6 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from memgen.analysis.timing import is_timing
 from memgen.cli import main
 from memgen.config import compose
 from memgen.errors import NonFiniteLossError
@@ -210,7 +211,9 @@ def test_same_config_and_seed_give_identical_metrics_and_weights(tmp_path):
         state = objects["trained"].model.state_dict()
         results.append((metrics, history, state))
     (m_a, h_a, s_a), (m_b, h_b, s_b) = results
-    assert m_a == m_b
+    assert {k: v for k, v in m_a.items() if not is_timing(k)} == {
+        k: v for k, v in m_b.items() if not is_timing(k)}  # stage times vary; results do not
+    assert any(is_timing(k) for k in m_a)
     assert h_a == h_b
     assert all(torch.equal(s_a[k], s_b[k]) for k in s_a)
 

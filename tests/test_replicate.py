@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
+from memgen.analysis.timing import is_timing
 from memgen.cli import main
 from memgen.config import compose
 from memgen.replicates.aggregate import aggregate, describe, t_interval
@@ -241,9 +242,12 @@ def test_two_workers_give_the_same_aggregates_as_one(three_seeds, tmp_path):
     by_seed = {int(r.data.tags["seed"]): r.data.metrics
                for r in _children(one, three_seeds["objects"]["run_id"])}
     expected = summarise(one, {s: by_seed[s] for s in (1, 2)}, []).metrics
-    assert set(metrics) - {"replicate/wall_s"} == set(expected)
+    # stage times differ run to run (and by what each run logs): every result agrees exactly
+    results = {k: v for k, v in metrics.items() if not is_timing(k) and k != "replicate/wall_s"}
+    expected = {k: v for k, v in expected.items() if not is_timing(k)}
+    assert set(results) == set(expected)
     for key, value in expected.items():
-        assert metrics[key] == pytest.approx(value, abs=1e-12), key
+        assert results[key] == pytest.approx(value, abs=1e-12), key
 
 
 # -- p-values over seeds ----------------------------------------------------------------------
