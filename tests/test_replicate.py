@@ -384,3 +384,16 @@ def test_compare_prints_both_scorecards_and_the_paired_difference(three_seeds, r
     assert not any("p_value" in key for key in rows.index)  # no t-interval for p-values
     shown = next(line for line in out.splitlines() if line.startswith("kept/mem_rate "))
     assert shown.split()[1] == "3"
+
+
+def test_system_metrics_are_not_aggregated_or_compared():
+    """MLflow's system metrics describe the host (disk, CPU), not a seed's result: neither the
+    replicate's aggregates nor `compare`'s paired differences include them."""
+    from memgen.compare import paired_differences
+    from memgen.replicates.aggregate import summary_keys
+
+    a = {s: {"pairs/n": 100.0 + s, "system/disk_usage_megabytes": 10.0 + s} for s in (0, 1, 2)}
+    b = {s: {"pairs/n": 110.0 + s, "system/disk_usage_megabytes": 99.0 + s} for s in (0, 1, 2)}
+    assert summary_keys(a) == ["pairs/n"]
+    paired = paired_differences(a, b)
+    assert list(paired["metric"]) == ["pairs/n"] and paired["diff"].iloc[0] == 10.0

@@ -25,8 +25,9 @@ from memgen.replicates.claims import NA, PASS, ClaimResult
 
 CONFIDENCE = 0.95
 # Not summaries of a run's result: end values of per-step curves, sizes fixed by the config,
-# and the run's own claim verdicts (the replicate scores every seed itself).
-_NOT_SUMMARIES = ("train/", "lr-", "epoch", "model/", "claims/")
+# the run's own claim verdicts (the replicate scores every seed itself), and MLflow's system
+# metrics (the host's disk and CPU: `compare` found a "significant" disk-usage difference).
+_NOT_SUMMARIES = ("train/", "lr-", "epoch", "model/", "claims/", "system/")
 COLUMNS = ["metric", "n", "mean", "std", "median", "min", "max", "ci_low", "ci_high", "worst",
            "n_below"]
 _P_VALUE = re.compile(r"(^|[/_.\- ])p[_-]?value", re.IGNORECASE)
