@@ -85,11 +85,6 @@ def check_model_run(client: MlflowClient, run_id: str | None, key: str = "run") 
     return run
 
 
-def device_of(cfg: DictConfig) -> str:
-    wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
-    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
-
-
 def analyse(cfg: DictConfig, parent_run_id: str | None = None, run_name: str | None = None
             ) -> tuple[dict[str, float], dict[str, Any]]:
     """Check and load ``cfg.run``'s model, then analyse it in a new run; returns (metrics,
@@ -103,7 +98,7 @@ def analyse(cfg: DictConfig, parent_run_id: str | None = None, run_name: str | N
     base = analysis_base(cfg, load.run_config(client, cfg.run), cfg.run)
     if base.trainer.num_threads:
         torch.set_num_threads(base.trainer.num_threads)
-    loaded = load.load_run(client, cfg.run, device=device_of(base))
+    loaded = load.load_run(client, cfg.run, device=load.device_of(base))
     check_analysis(base, loaded.model)
     timer.lap("load")
     metrics = {k: v for k, v in model_run.data.metrics.items() if k.startswith(MODEL_METRICS)}

@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
-import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
@@ -32,6 +31,7 @@ from memgen.settings import settings_from_config
 from memgen.sweeps.objectives import Objective, analysis_stages, objective_values
 from memgen.sweeps.space import Param, trial_config
 from memgen.tracking import load
+from memgen.tracking.load import device_of
 from memgen.tracking.report import finite
 from memgen.tracking.run import TrackedRun, get_experiment_id, tracked_run
 from memgen.tracking.store import tracking_uri
@@ -39,11 +39,6 @@ from memgen.tracking.store import tracking_uri
 TRIAL_COMMAND = "sweep.trial"
 NEEDS_PAIRS = ("neurons/", "probe/", "steer/", "side/", "consistency/")
 Evaluator = Callable[[DictConfig, optuna.Trial, TrackedRun], dict[str, float]]
-
-
-def device_of(cfg: DictConfig) -> str:
-    wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
-    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
 
 
 class SteeringEvaluator:

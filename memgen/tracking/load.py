@@ -72,6 +72,14 @@ def run_config(client: MlflowClient, run_id: str) -> DictConfig:
         return to_schema(upgraded(OmegaConf.load(path)))
 
 
+def device_of(cfg: DictConfig) -> str:
+    """Where a reopened model runs: CUDA when the config asks for a GPU and one is present."""
+    import torch  # noqa: PLC0415
+
+    wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+
+
 def load_run(client: MlflowClient, run_id: str, device: str = "cpu") -> LoadedRun:
     """Config, model (``model`` artifact), tokenizer and task of a finished run."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
