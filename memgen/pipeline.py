@@ -42,7 +42,7 @@ from memgen.training.checkpoints import (
     newest_complete,
     resume_tags,
 )
-from memgen.training.data import MemGenDataModule, make_task, task_tokenizer
+from memgen.training.data import MemGenDataModule, chat_task, make_task, task_tokenizer
 from memgen.training.distributed import (
     SameKeptCheckpoint,
     exported_checkpoint,
@@ -122,6 +122,7 @@ def prepare(cfg: DictConfig) -> tuple[Task, Any, torch.nn.Module]:
                               f"n_embd={m.n_embd}, n_head={m.n_head}, n_positions="
                               f"{m.n_positions} ({describe(exc)}); expected sizes the "
                               f"architecture accepts") from None
+    task = chat_task(cfg, task, tokenizer)
     check_analysis(cfg, model)
     check_task(cfg, task, tokenizer)
     check_lengths(cfg, task, tokenizer, model)

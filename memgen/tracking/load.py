@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from memgen.config import ConfigError, to_schema
 from memgen.tasks import Task
-from memgen.training.data import make_task
+from memgen.training.data import chat_task, make_task
 
 
 @dataclass
@@ -99,7 +99,8 @@ def load_run(client: MlflowClient, run_id: str, device: str = "cpu") -> LoadedRu
             model = AutoPeftModelForCausalLM.from_pretrained(local)
         else:
             model = AutoModelForCausalLM.from_pretrained(local)
-    return LoadedRun(run_id, cfg, model.to(device).eval(), tokenizer, make_task(cfg))
+    task = chat_task(cfg, make_task(cfg), tokenizer)
+    return LoadedRun(run_id, cfg, model.to(device).eval(), tokenizer, task)
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str], check: bool = True) -> DictConfig:

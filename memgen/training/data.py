@@ -15,7 +15,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
+from memgen.config import ConfigError
 from memgen.tasks import Example, Task, build_task
+from memgen.tasks.chat import ChatTask
 from memgen.training.tokenizer import build_char_tokenizer
 
 
@@ -25,6 +27,31 @@ def make_task(cfg: DictConfig) -> Task:
     return build_task(t.name, OmegaConf.to_container(t.params, resolve=True), seed=cfg.seed,
                       n_train=t.n_train, mem_ratio=t.mem_ratio, n_conflict=t.n_conflict,
                       n_clean=t.n_clean, n_val_conflict=t.n_val_conflict)
+
+
+def chat_task(cfg: DictConfig, task: Task, tokenizer) -> Task:
+    """``task`` with its prompts in ``tokenizer``'s chat template when ``task.chat_template``.
+
+    Every consumer (training data, validation, the analysis' Subject, a reopened run) takes its
+    task from here, so they all see the same prompts. A tokenizer without a template, or one that
+    maps part of a wrapped prompt to its unknown token, is a ConfigError.
+    """
+    if not cfg.task.chat_template:
+        return task
+    if not getattr(tokenizer, "chat_template", None):
+        where = (f"model.name_or_path={cfg.model.name_or_path}" if cfg.model.kind == "lora"
+                 else f"model.kind={cfg.model.kind} (a character tokenizer)")
+        raise ConfigError(f"task.chat_template: the tokenizer of {where} has no chat template; "
+                          f"expected an instruction-tuned base (e.g. model=lora_llama32) or "
+                          f"task.chat_template=false")
+    wrapped = ChatTask(task, tokenizer)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    prompt = wrapped.train_examples()[0].prompt  # the template's own text is in every prompt
+    if unk is not None and unk in tokenizer(prompt, add_special_tokens=False)["input_ids"]:
+        raise ConfigError(f"task.chat_template: the tokenizer maps part of the wrapped prompt "
+                          f"{prompt[:60]!r} to {tokenizer.unk_token}; expected a chat template "
+                          f"made of text the tokenizer encodes")
+    return wrapped
 
 
 def task_tokenizer(task: Task):
