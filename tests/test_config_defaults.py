@@ -2,18 +2,16 @@
 
 :func:`memgen.config.to_schema` fills a stored config's missing keys from the schema, so a schema
 default that differs from the YAML would silently change an old run when it is re-analysed.
+(``AnalysisSettings()``'s defaults are held to the same config by tests/test_python_api.py.)
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from memgen.analysis.settings import AnalysisSettings, Decoding
 from memgen.config import Config, compose, conf_dir, to_schema
-from memgen.settings import settings_from_config
 
 # Keys whose default belongs to a YAML group option, not to the schema (see memgen/config.py).
 YAML_ONLY = ("task.params",)
@@ -90,12 +88,3 @@ def test_a_stored_config_missing_keys_is_filled_with_todays_defaults():
 def test_gpu_trainer_keeps_the_papers_whole_sequence_loss():
     assert compose(["trainer=gpu"]).trainer.loss_on == "sequence"
 
-
-def test_analysis_settings_defaults_equal_the_default_config():
-    """A notebook's ``AnalysisSettings()`` analyses as ``memgen run`` does, except the fields the
-    task sets (its conflict set size, variants and answer length)."""
-    from_config = settings_from_config(compose([]))
-    task_fields = {"n_conflict": from_config.n_conflict,
-                   "n_perturbations": from_config.n_perturbations,
-                   "decoding": Decoding(max_new_tokens=from_config.decoding.max_new_tokens)}
-    assert dataclasses.replace(AnalysisSettings(), **task_fields) == from_config

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: runs on servers and in Lightning callbacks
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from memgen.tracking.figures import new_figure
 
 
 def overlap_matrix_figure(matrix_df: pd.DataFrame, expected_df: pd.DataFrame | None = None,
@@ -21,7 +18,7 @@ def overlap_matrix_figure(matrix_df: pd.DataFrame, expected_df: pd.DataFrame | N
     ``matrix_df`` is ``inter_task_consistency``'s matrix. With ``expected_df`` (e.g.
     ``overlap_matrix(tasks, overlaps, "expected_jaccard")``) each off-diagonal cell also shows
     its chance level, because a Jaccard index is only meaningful next to it. The figure is
-    closed in pyplot before it is returned; ``savefig`` and ``mlflow.log_figure`` still work.
+    not registered with pyplot (:func:`memgen.tracking.figures.new_figure`).
     """
     if matrix_df.shape[0] != matrix_df.shape[1] or list(matrix_df.index) != list(matrix_df.columns):
         raise ValueError("matrix_df: expected a square table with the same tasks as rows and "
@@ -34,8 +31,8 @@ def overlap_matrix_figure(matrix_df: pd.DataFrame, expected_df: pd.DataFrame | N
     tasks = [str(t) for t in matrix_df.index]
     values = matrix_df.to_numpy(dtype=float)
     size = 1.6 + 1.1 * len(tasks)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
-    plt.close(fig)
+    fig = new_figure(figsize=(size + 1.2, size))
+    ax = fig.subplots()
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0.0, vmax=1.0)
     for i in range(len(tasks)):
         for j in range(len(tasks)):

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+from memgen.tracking.figures import new_figure
 
 _PANELS = (("success", "success (95% CI) and strongest control (x)"),
            ("clean_acc_drop", "clean accuracy drop"), ("kl", "KL on clean inputs"),
@@ -20,8 +17,7 @@ def kinds_figure(table: pd.DataFrame) -> Figure:
     """One bar per (kind, positions), per direction (to_gen / to_mem side by side), in four
     panels: success with its CI and the strongest control as a cross, clean drop, KL and the
     share of items whose margin moved away from the target."""
-    fig = plt.figure(figsize=(max(10.0, 0.45 * len(table) + 4), 8.5))
-    plt.close(fig)
+    fig = new_figure(figsize=(max(10.0, 0.45 * len(table) + 4), 8.5))
     labels = list(dict.fromkeys(f"{r.kind} {r.positions}" for r in table.itertuples()))
     x = np.arange(len(labels))
     width = 0.38

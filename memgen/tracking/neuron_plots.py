@@ -1,15 +1,15 @@
 """Figures of the neuron ranking table (``stats.rank_neurons``).
 
-Figures are built on the Agg canvas directly, without pyplot: no global backend is switched
-and no figure is kept alive by pyplot's registry, so a long training run can log many of them.
+Figures come from :func:`memgen.tracking.figures.new_figure`: no pyplot, no backend switch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from memgen.tracking.figures import new_figure
 
 KIND_ORDER = ("resid", "mlp")
 
@@ -24,8 +24,7 @@ def abs_r_heatmap(table: pd.DataFrame) -> Figure:
     if not kinds:
         raise ValueError("table: no neurons to plot")
     vmax = float(table["abs_r"].max()) or 1.0
-    fig = Figure(figsize=(10, 2.2 + 2.0 * len(kinds)), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(figsize=(10, 2.2 + 2.0 * len(kinds)), layout="constrained")
     axes = fig.subplots(len(kinds), 1, squeeze=False)[:, 0]
     for ax, kind in zip(axes, kinds, strict=True):
         grid = table[table["kind"] == kind].pivot(index="layer", columns="index", values="abs_r")

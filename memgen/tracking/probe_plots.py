@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: runs on servers and in Lightning callbacks
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from memgen.analysis.probes import ProbeReport  # noqa: E402
+from memgen.analysis.probes import ProbeReport
+from memgen.tracking.figures import new_figure
 
 _BASELINE_STYLE = {"color": "0.4", "linewidth": 1.0}
 
@@ -19,11 +15,11 @@ _BASELINE_STYLE = {"color": "0.4", "linewidth": 1.0}
 def probe_accuracy_by_layer(report: ProbeReport) -> Figure:
     """Held-out accuracy per layer, one line per site kind, with baselines and the top-k probe.
 
-    The figure is closed in pyplot before it is returned, so callers that log a figure every
-    validation epoch do not accumulate open figures; ``savefig`` and ``mlflow.log_figure`` work.
+    The figure is not registered with pyplot (:func:`memgen.tracking.figures.new_figure`), so
+    callers that log a figure every validation epoch do not accumulate open figures.
     """
-    fig, ax = plt.subplots(figsize=(8.0, 4.0))
-    plt.close(fig)
+    fig = new_figure(figsize=(8.0, 4.0))
+    ax = fig.subplots()
     table = report.table.sort_values(["kind", "layer"])
     for kind, rows in table.groupby("kind", sort=True):
         (line,) = ax.plot(rows["layer"], rows["acc"], marker="o", label=f"{kind} probe")

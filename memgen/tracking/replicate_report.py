@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from memgen.replicates.claims import ClaimResult, claim_metrics  # noqa: E402
-from memgen.tracking import html_report  # noqa: E402
-from memgen.tracking.headline import KEY_METRICS  # noqa: E402
-from memgen.tracking.report import log_summary  # noqa: E402
-from memgen.tracking.run import TrackedRun  # noqa: E402
+from memgen.replicates.claims import ClaimResult, claim_metrics
+from memgen.tracking import html_report
+from memgen.tracking.figures import new_figure
+from memgen.tracking.headline import KEY_METRICS
+from memgen.tracking.report import log_summary
+from memgen.tracking.run import TrackedRun
 
 
 def log_scorecard(run: TrackedRun, rows: list[ClaimResult], step: int | None = None) -> None:
@@ -29,13 +27,14 @@ def log_scorecard(run: TrackedRun, rows: list[ClaimResult], step: int | None = N
     log_summary(run, claim_metrics(rows), step=step)
 
 
-def claim_figure(claim: str, long: pd.DataFrame, summary_row) -> plt.Figure:
+def claim_figure(claim: str, long: pd.DataFrame, summary_row) -> Figure:
     """Seeds as dots, mean and CI as a bar, the threshold as a line."""
     values = pd.to_numeric(long.get("value", pd.Series(index=long.index, dtype=float)),
                            errors="coerce")
     rows = long.loc[(long["claim"] == claim) & np.isfinite(values), ["seed"]]
     rows["value"] = values[rows.index].astype(float)
-    fig, ax = plt.subplots(figsize=(4.8, 3.4), dpi=110)
+    fig = new_figure(figsize=(4.8, 3.4), dpi=110)
+    ax = fig.subplots()
     ax.scatter([0.0] * len(rows), rows["value"], s=36, alpha=0.8, label="seeds", zorder=3)
     for seed, value in zip(rows["seed"], rows["value"], strict=True):
         ax.annotate(str(seed), (0.0, value), xytext=(6, 0), textcoords="offset points",

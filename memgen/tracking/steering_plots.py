@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")  # headless: runs on servers and in Lightning callbacks
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from memgen.tracking.figures import new_figure
 
 _DIRECTIONS = (("to_gen", "MEM -> GEN"), ("to_mem", "GEN -> MEM"))
 _MARKERS = {"to_gen": "o", "to_mem": "s"}
@@ -23,17 +21,16 @@ def success_vs_alpha(grid_df: pd.DataFrame, tuned: tuple[int, float] | None = No
     ``grid_df`` is ``steering_grid``'s output; ``tuned`` the ``(k, alpha)`` the run steered
     with, marked with a star on every panel. A 2x2 grid: the fourth quadrant holds one legend that
     is split by meaning (colour = k, line style = control), so no legend covers a curve and the
-    panels stay readable at the MLflow artifact viewer's width. The figure is closed in pyplot
-    before it is returned; ``savefig`` and ``mlflow.log_figure`` work.
+    panels stay readable at the MLflow artifact viewer's width. The figure is not registered
+    with pyplot (:func:`memgen.tracking.figures.new_figure`).
     """
-    fig = plt.figure(figsize=(9.6, 7.6))
-    plt.close(fig)
+    fig = new_figure(figsize=(9.6, 7.6))
     axes = [fig.add_subplot(2, 2, i) for i in (1, 2, 3)]  # the 4th quadrant: the legend
     if grid_df.empty:  # still a figure, with empty panels
         grid_df = pd.DataFrame(columns=["k", "alpha", "direction", "method", "success", "ci_low",
                                         "ci_high", "clean_acc_drop"])
     ks = sorted(grid_df["k"].unique())
-    colors = {k: plt.get_cmap("viridis")(i / max(1, len(ks) - 1) * 0.85)
+    colors = {k: matplotlib.colormaps["viridis"](i / max(1, len(ks) - 1) * 0.85)
               for i, k in enumerate(ks)}
     controls = sorted(m for m in grid_df["method"].unique() if m != "selected")
     styles = {m: _CONTROL_STYLES[i % len(_CONTROL_STYLES)] for i, m in enumerate(controls)}

@@ -1,6 +1,8 @@
 """Figures of an Optuna study for the sweep's parent run: history, importance, contour, Pareto.
 
-Drawn with ``optuna.visualization.matplotlib`` (no plotly, headless Agg). A figure that the
+Drawn with ``optuna.visualization.matplotlib`` (no plotly), which draws through pyplot: each
+figure is drawn with interactive mode off and closed in pyplot before it is returned, and the
+backend is left as the user set it (on a headless server pyplot picks Agg). A figure that the
 study cannot support yet (importance needs two finished trials, a Pareto front two objectives)
 is skipped with a note instead of failing the sweep that has already run.
 """
@@ -10,14 +12,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from optuna.visualization import matplotlib as ovm  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+from matplotlib.figure import Figure
+from optuna.visualization import matplotlib as ovm
 
 
 def _slug(metric: str) -> str:
@@ -25,7 +23,7 @@ def _slug(metric: str) -> str:
 
 
 def _figure(draw: Callable[[], object]) -> Figure:
-    with warnings.catch_warnings():  # the matplotlib backend is marked experimental
+    with warnings.catch_warnings(), plt.ioff():  # optuna's matplotlib plots are experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.simplefilter("ignore", UserWarning)
         drawn = draw()

@@ -1,0 +1,47 @@
+"""memgen's figures leave matplotlib as the user set it: importing any ``memgen.tracking`` module
+keeps a notebook's backend, and a figure is drawn without pyplot's registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import importlib, io, json, pkgutil
+import matplotlib
+matplotlib.use("svg")  # what a user chose before importing memgen
+import pandas as pd
+import memgen.tracking
+names = sorted(m.name for m in pkgutil.iter_modules(memgen.tracking.__path__))
+for name in names:
+    importlib.import_module(f"memgen.tracking.{name}")
+after_import = matplotlib.get_backend()
+from memgen.tracking.consistency_plots import overlap_matrix_figure
+matrix = pd.DataFrame([[1.0, 0.25], [0.25, 1.0]], index=["a", "b"], columns=["a", "b"])
+buffer = io.BytesIO()
+overlap_matrix_figure(matrix).savefig(buffer, format="png")
+import matplotlib.pyplot as plt
+print(json.dumps({"names": names, "after_import": after_import,
+                  "after_figure": matplotlib.get_backend(), "open": plt.get_fignums(),
+                  "png": buffer.getvalue()[:8].hex()}))
+"""
+
+
+def test_importing_tracking_modules_and_drawing_keep_the_users_backend():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": ""}
+    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    plots = {n for n in out["names"] if n.endswith("_plots")}
+    assert {"neuron_plots", "probe_plots", "steering_plots", "kinds_plots",
+            "consistency_plots", "sweep_plots"} <= plots
+    assert "replicate_report" in out["names"]
+    assert out["after_import"] == out["after_figure"] == "svg"
+    assert out["open"] == []  # the figure is not in pyplot's registry
+    assert out["png"] == "89504e470d0a1a0a"  # a PNG was written through the figure's own canvas
