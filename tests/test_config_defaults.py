@@ -87,4 +87,3 @@ def test_a_stored_config_missing_keys_is_filled_with_todays_defaults():
 
 def test_gpu_trainer_keeps_the_papers_whole_sequence_loss():
     assert compose(["trainer=gpu"]).trainer.loss_on == "sequence"
-

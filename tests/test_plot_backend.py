@@ -25,10 +25,16 @@ from memgen.tracking.consistency_plots import overlap_matrix_figure
 matrix = pd.DataFrame([[1.0, 0.25], [0.25, 1.0]], index=["a", "b"], columns=["a", "b"])
 buffer = io.BytesIO()
 overlap_matrix_figure(matrix).savefig(buffer, format="png")
+import optuna  # sweep figures are drawn by optuna through pyplot
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+from memgen.tracking.sweep_plots import study_figures
+study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+study.optimize(lambda t: t.suggest_float("a", 0, 1) + t.suggest_float("b", 0, 1), n_trials=3)
+figures, _ = study_figures(study, ["m"], ["a", "b"])
 import matplotlib.pyplot as plt
 print(json.dumps({"names": names, "after_import": after_import,
                   "after_figure": matplotlib.get_backend(), "open": plt.get_fignums(),
-                  "png": buffer.getvalue()[:8].hex()}))
+                  "png": buffer.getvalue()[:8].hex(), "sweep": sorted(figures)}))
 """
 
 
@@ -43,5 +49,6 @@ def test_importing_tracking_modules_and_drawing_keep_the_users_backend():
             "consistency_plots", "sweep_plots"} <= plots
     assert "replicate_report" in out["names"]
     assert out["after_import"] == out["after_figure"] == "svg"
-    assert out["open"] == []  # the figure is not in pyplot's registry
+    assert out["open"] == []  # no figure stays in pyplot's registry (optuna's are closed)
+    assert {"sweep/history_m.png", "sweep/contour_m.png"} <= set(out["sweep"])
     assert out["png"] == "89504e470d0a1a0a"  # a PNG was written through the figure's own canvas

@@ -23,15 +23,21 @@ def _slug(metric: str) -> str:
 
 
 def _figure(draw: Callable[[], object]) -> Figure:
-    with warnings.catch_warnings(), plt.ioff():  # optuna's matplotlib plots are experimental
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        drawn = draw()
+    """The figure ``draw`` makes through pyplot, out of pyplot's registry again (also the ones
+    a failing ``draw`` left behind)."""
+    before = set(plt.get_fignums())
+    try:
+        with warnings.catch_warnings(), plt.ioff():  # optuna's matplotlib plots: experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            drawn = draw()
+    finally:
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
     axes = drawn.flat[0] if hasattr(drawn, "flat") else drawn
     fig = axes.figure
     fig.set_size_inches(max(fig.get_figwidth(), 7.0), max(fig.get_figheight(), 5.0))
     fig.tight_layout()
-    plt.close(fig)
     return fig
 
 
