@@ -23,7 +23,7 @@ from memgen.config import compose
 from memgen.replicates.claims import ClaimResult
 from memgen.tracking import html_report
 from memgen.tracking.headline import description, headline
-from memgen.tracking.links import run_url, runs_url
+from memgen.tracking.links import MODE, run_url, ui_base
 from memgen.tracking.numbers import clean, rounded
 from memgen.tracking.quiet import quiet_library_noise
 from memgen.tracking.report import kept_epoch, log_summary
@@ -313,7 +313,8 @@ def test_browser_lands_on_the_runs_and_renders_the_report(trained_run, ui_server
             headless=True, viewport={"width": 1400, "height": 900})
         try:
             page = browser.new_page()
-            page.goto(runs_url(cfg, experiment_id), wait_until="domcontentloaded")
+            runs = f"{ui_base(cfg)}/#/experiments/{experiment_id}/runs?{MODE}"  # the list
+            page.goto(runs, wait_until="domcontentloaded")
             page.get_by_text(name, exact=True).first.wait_for(timeout=60_000)  # the runs list
             assert page.get_by_text("No data available").count() == 0  # not trace charts
             page.screenshot(path=str(tmp_path / "runs.png"))

@@ -1,4 +1,4 @@
-"""Links into the MLflow UI: the page of one run, the runs list of an experiment.
+"""Links into the MLflow UI: the page of one run.
 
 MLflow 3.17's UI picks its mode (GenAI or model training) from the link's ``workflowType``
 parameter, else from what the browser last chose (default: GenAI); the experiment tag
@@ -24,8 +24,3 @@ def ui_base(cfg: DictConfig) -> str:
 def run_url(cfg: DictConfig, experiment_id: str, run_id: str) -> str:
     """The run's page (overview, description, artifacts with report.html)."""
     return f"{ui_base(cfg)}/#/experiments/{experiment_id}/runs/{run_id}?{MODE}"
-
-
-def runs_url(cfg: DictConfig, experiment_id: str) -> str:
-    """The experiment's runs list (the "Machine learning" view)."""
-    return f"{ui_base(cfg)}/#/experiments/{experiment_id}/runs?{MODE}"

@@ -211,7 +211,11 @@ def save_adapter(model, directory: str | Path, tokenizer=None) -> Path:
 
 
 def load_adapter(base_dir_or_id: str, adapter_dir: str | Path, precision: str = "32-true"):
-    """A base model (directory or cached hub id) with a saved adapter on top, in eval mode."""
+    """A base model (directory or cached hub id) with a saved adapter on top, in eval mode.
+
+    Public API (README, "Use from Python"): a LoRA run's ``model`` artifact holds the adapter
+    only; this puts it back on its base for a notebook's analysis.
+    """
     from peft import PeftModel  # noqa: PLC0415
 
     base, _ = load_pretrained(base_dir_or_id, precision, key="base_dir_or_id")
@@ -274,7 +278,8 @@ def record_lora_delta(model: nn.Module) -> Iterator[LastTokenRecorder]:
     """Record the LoRA update ``scaling * B A x`` at the last position of every LoRA layer.
 
     Keys are ``"<module>.<L>"`` such as ``"q_proj.3"`` (block L, 1-based as in ``resid.L``);
-    one chunk per forward pass, like ``capture_last_token``. Hooks are always removed.
+    one chunk per forward pass, like ``capture_last_token``. Hooks are always removed. Public
+    API (README, "Use from Python"): what the adapter adds, layer by layer.
     """
     layers = _lora_layers(model)
     recorder = LastTokenRecorder([name for name, _ in layers])
