@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from memgen.config import ConfigError, compose
 from memgen.tasks import Task
-from memgen.tasks.chat import ChatTask, unwrapped
+from memgen.tasks.chat import ChatTask, apply_chat_template, unwrapped
 from memgen.training.data import chat_task, encode_training, make_task, task_tokenizer
 from tests.conftest import tiny_overrides
 from tests.helpers_analysis import tiny_llama
@@ -97,6 +97,17 @@ def test_the_length_check_counts_the_template(tmp_path, chat_base):
     tokenizer.save_pretrained(short)
     with pytest.raises(ConfigError, match=f"the longest sequence is {n_chat} tokens"):
         prepare(chat_cfg(tmp_path, short))
+
+
+def test_a_template_that_writes_todays_date_gets_a_fixed_one(tmp_path):
+    """Llama 3's template: ``date_string``, else today's date (transformers' strftime_now)."""
+    task = make_task(chat_cfg(tmp_path))
+    tokenizer = task_tokenizer(task)
+    tokenizer.chat_template = ("{% if not date_string is defined %}{% set date_string = "
+                               "strftime_now('%d %b %Y') %}{% endif %}Today Date: "
+                               "{{ date_string }}|{{ messages[0]['content'] }}")
+    ex = task.clean_examples(1)[0]
+    assert apply_chat_template(tokenizer, ex).prompt == f"Today Date: 26 Jul 2024|{ex.prompt}"
 
 
 def test_chat_task_overrides_every_public_method_of_task():

@@ -250,8 +250,9 @@ def test_mixture_keeps_subtasks():
 
 def test_chat_template_wraps_prompt_only():
     class FakeTokenizer:
-        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt, date_string):
             assert tokenize is False and add_generation_prompt is True
+            assert date_string == "26 Jul 2024"  # a fixed date: prompts do not change by day
             return f"<user>{messages[0]['content']}</user><assistant>"
 
     ex = make("cipher").conflict_examples(1)[0]

@@ -17,13 +17,17 @@ from typing import Any
 
 from memgen.tasks.base import Behavior, Example, Task
 
+# Llama 3's template writes "Today Date: <date_string>", today's date unless given: fixed (to the
+# template's own fallback), so that a prompt does not depend on the day it is wrapped on.
+DATE_STRING = "26 Jul 2024"
+
 
 def apply_chat_template(tokenizer: Any, example: Example) -> Example:
     """``example`` with its prompt as the user turn of the tokenizer's chat template, ready for
     the assistant's answer (``add_generation_prompt=True``)."""
     raw = example.meta.get("raw_prompt", example.prompt)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": raw}], tokenize=False,
-                                           add_generation_prompt=True)
+                                           add_generation_prompt=True, date_string=DATE_STRING)
     return example.with_prompt(prompt, raw_prompt=raw)
 
 
