@@ -242,10 +242,10 @@ def test_hooks_removed_when_a_pass_raises(world, monkeypatch):
 
 def test_read_proof_by_hand():
     """Rows of [top-1 value, top-2 value] and ids; stop token 1, fed tokens [5, 6]."""
-    values = torch.tensor([[9.0, 1.0], [9.0, 1.0], [9.0, 1.0]])
+    values = [[9.0, 1.0], [9.0, 1.0], [9.0, 1.0]]
 
     def ids(*tokens):
-        return torch.tensor([[t, 0] for t in tokens])
+        return [[t, 0] for t in tokens]
 
     # the guess is greedy's and EOS follows it: the text is proven
     assert read_proof([5, 6], values, ids(5, 6, 1), 6, 1, 1e-4) == fl._Proof([5, 6], done=True)
@@ -256,7 +256,7 @@ def test_read_proof_by_hand():
     # EOS at step 0: the empty output
     assert read_proof([5, 6], values, ids(1, 6, 1), 6, 1, 1e-4) == fl._Proof([], done=True)
     # a near-tie at step 1 (gap 1e-4 relative to 9 < 1e-4 * 9): only step 0 is known
-    tied = torch.tensor([[9.0, 1.0], [9.0, 9.0 - 1e-4], [9.0, 1.0]])
+    tied = [[9.0, 1.0], [9.0, 9.0 - 1e-4], [9.0, 1.0]]
     assert read_proof([5, 6], tied, ids(5, 6, 1), 6, 1, 1e-4) == fl._Proof([5], unsure=True)
 
 

@@ -127,10 +127,12 @@ def _generate(subject: Subject, prompts: Sequence[str], decoding: Decoding) -> l
 
 
 def _outputs(subject: Subject, examples: Sequence[Example], decoding: Decoding,
-             steered: tuple[NeuronSelection, float, str, bool] | None = None) -> list[str]:
+             steered: tuple[NeuronSelection, float, str, bool] | None = None,
+             prefer: str = "mem") -> list[str]:
     """Greedy outputs, unsteered or under ``steer(model, *steered)`` (selection, alpha,
     direction, last_prompt_only); proven by teacher-forced passes with
-    ``decoding.forced_labels`` (the same outputs: ``forced_labels``)."""
+    ``decoding.forced_labels`` (the same outputs: ``forced_labels``; ``prefer``: the answer
+    guessed first)."""
 
     def decode(items: list[Example]) -> list[str]:
         prompts = [ex.prompt for ex in items]
@@ -140,7 +142,7 @@ def _outputs(subject: Subject, examples: Sequence[Example], decoding: Decoding,
             return _generate(subject, prompts, decoding)
 
     forced = None if steered is None else legacy_steering(*steered)
-    return steered_outputs(subject, examples, decoding, forced, decode)
+    return steered_outputs(subject, examples, decoding, forced, decode, prefer)
 
 
 def baseline_labels(subject: Subject, examples: Sequence[Example],
@@ -155,7 +157,8 @@ def _steered_behaviors(subject: Subject, examples: Sequence[Example],
     if not examples:
         return [], []
     outputs = _outputs(subject, examples, decoding,
-                       (selection, alpha, direction, last_prompt_only))
+                       (selection, alpha, direction, last_prompt_only),
+                       prefer=SOURCE[direction].value.lower())  # most items keep their answer
     return _behaviors(subject.task, examples, outputs), outputs
 
 
@@ -245,7 +248,7 @@ def clean_baseline(subject: Subject, clean_examples: Sequence[Example],
                    decoding: Decoding = DECODING) -> CleanBaseline:
     """Unsteered rule accuracy and next-token log-probs on clean inputs."""
     prompts = [ex.prompt for ex in clean_examples]
-    outputs = _outputs(subject, clean_examples, decoding)
+    outputs = _outputs(subject, clean_examples, decoding, prefer="gen")
     return CleanBaseline(acc=_accuracy(subject.task, clean_examples, outputs),
                          logprobs=last_token_logprobs(subject.model, subject.tokenizer, prompts,
                                                       decoding.batch_size))
@@ -264,7 +267,7 @@ def side_effects(subject: Subject, clean_examples: Sequence[Example],
         baseline = clean_baseline(subject, clean_examples, decoding)
     prompts = [ex.prompt for ex in clean_examples]
     outputs = _outputs(subject, clean_examples, decoding,
-                       (selection, alpha, direction, last_prompt_only))
+                       (selection, alpha, direction, last_prompt_only), prefer="gen")
     with steer(subject.model, selection, alpha, direction, last_prompt_only=last_prompt_only):
         steered = last_token_logprobs(subject.model, subject.tokenizer, prompts,
                                       decoding.batch_size)

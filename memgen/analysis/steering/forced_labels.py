@@ -8,8 +8,10 @@ The invariant: greedy decoding's step-``p`` token is the argmax of the logits af
 to it, and the intervention is applied at the positions decoding would steer (the prompt, its
 last token, and every fed answer token: ``intervene.forced_layout``). So one pass over
 ``prompt + g`` reads ``s_0, s_1, ...`` for as long as the guess ``g`` agrees with them, plus the
-first token where it does not. Round 0 guesses each item's MEM and GEN answers (one row each);
-later rounds feed what is proven so far and read one more token. An item is *done* when its
+first token where it does not. Round 0 guesses the likelier answer (``prefer``: the items'
+own behaviour, as most steered items keep it); each later round feeds what is proven so far,
+followed by the rest of an answer that starts with it (so the first token read decides which
+answer is checked next), and reads at least one more token. An item is *done* when its
 proof reaches the token ``decode_new_tokens`` cuts at (EOS) or ``max_new_tokens`` tokens: its
 text is then decoded from the proven ids exactly as ``generate`` decodes its own, so the output
 string (and any ``task.classify`` of it) is ``generate``'s whatever the task.
@@ -51,6 +53,7 @@ NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (Non
            "stop_strings": (None,), "max_time": (None,), "use_cache": (None, True),
            "token_healing": (None, False), "dola_layers": (None,),
            "prompt_lookup_num_tokens": (None,)}
+FIRST_GUESSES = 1  # answers guessed in round 0 (one row each; 2 settles MEM and GEN at once)
 LOGIT_BUDGET = 1 << 26  # logits (floats) one pass may hold: rows are chunked under it
 
 
@@ -124,19 +127,26 @@ def stop_token(tokenizer) -> int:
     return eos if eos is not None else tokenizer.pad_token_id
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+def _token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids as ``generate``'s encoder gives them (no special tokens), one call."""
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def guesses(tokenizer, example: Example) -> list[list[int]]:
-    """Round 0's guessed continuations: the MEM and the GEN (else the rule) answer."""
-    out: list[list[int]] = []
-    for text in (example.mem_answer, example.gen_answer or example.answer):
-        if text is not None:
-            ids = _ids(tokenizer, text)
-            if ids not in out:
-                out.append(ids)
-    return out or [[]]
+def candidates(example: Example, prefer: str = "mem") -> list[str]:
+    """The guessed answers, ``prefer``'s first: the MEM and the GEN (else the rule) answer."""
+    mem, gen = example.mem_answer, example.gen_answer or example.answer
+    ordered = (mem, gen) if prefer == "mem" else (gen, mem)
+    return list(dict.fromkeys(t for t in ordered if t is not None))
+
+
+def guess(known: list[int], answers: list[list[int]], limit: int) -> list[int]:
+    """What to feed after ``known`` proven tokens: the rest of the first answer that starts
+    with them (a speculative continuation, at most ``limit`` tokens in all), else nothing."""
+    n = len(known)
+    for answer in answers:
+        if len(answer) > n and answer[:n] == known:
+            return answer[:limit]
+    return known[:limit]
 
 
 @dataclass
@@ -149,6 +159,7 @@ class _Proof:
     unsure: bool = False
 
     def better_than(self, other: _Proof) -> bool:
+        """More proven: done, else more tokens known, else a sure frontier."""
         if self.done != other.done:
             return self.done
         if len(self.known) != len(other.known):
@@ -156,17 +167,18 @@ class _Proof:
         return other.unsure and not self.unsure
 
 
-def read_proof(fed: list[int], top_values: torch.Tensor, top_ids: torch.Tensor,
-               max_new_tokens: int, stop: int, tolerance: float) -> _Proof:
-    """Walk one row: ``top_values``/``top_ids`` [len(fed) + 1, 2] are the top-2 logits after
-    the prompt and after each fed token."""
+def read_proof(fed: list[int], top_values: Sequence[Sequence[float]],
+               top_ids: Sequence[Sequence[int]], max_new_tokens: int, stop: int,
+               tolerance: float) -> _Proof:
+    """Walk one row: ``top_values``/``top_ids`` ([len(fed) + 1] x 2) are the top-2 logits
+    after the prompt and after each fed token."""
     for p in range(len(fed) + 1):
         if p >= max_new_tokens:
             return _Proof(fed[:p], done=True)
-        first, second = float(top_values[p, 0]), float(top_values[p, 1])
+        first, second = top_values[p][0], top_values[p][1]
         if not first - second > tolerance * max(1.0, abs(first)):
             return _Proof(fed[:p], unsure=True)
-        token = int(top_ids[p, 0])
+        token = top_ids[p][0]
         if token == stop:
             return _Proof(fed[:p], done=True)
         if p < len(fed) and token == fed[p]:
@@ -180,18 +192,14 @@ def _layout(prompts: list[list[int]], fed: list[list[int]], pad: int
             ) -> dict[str, torch.Tensor]:
     """Left-padded ``prompt + fed`` rows: ids, attention mask, prompt/last/answer masks."""
     t = max(len(p) + len(f) for p, f in zip(prompts, fed, strict=True))
-    b = len(prompts)
-    ids = torch.full((b, t), pad, dtype=torch.long)
-    out = {name: torch.zeros(b, t, dtype=torch.bool)
-           for name in ("attention_mask", "prompt", "last", "answer")}
-    for row, (prompt, answer) in enumerate(zip(prompts, fed, strict=True)):
-        start = t - len(prompt) - len(answer)
-        ids[row, start:] = torch.tensor(prompt + answer, dtype=torch.long)
-        out["attention_mask"][row, start:] = True
-        out["prompt"][row, start:start + len(prompt)] = True
-        out["last"][row, start + len(prompt) - 1] = True
-        out["answer"][row, start + len(prompt):] = True
-    return {"input_ids": ids, **out}
+    ids = torch.tensor([[pad] * (t - len(p) - len(f)) + p + f
+                        for p, f in zip(prompts, fed, strict=True)], dtype=torch.long)
+    n_fed = torch.tensor([len(f) for f in fed]).unsqueeze(1)
+    start = t - n_fed - torch.tensor([len(p) for p in prompts]).unsqueeze(1)
+    pos = torch.arange(t).unsqueeze(0)
+    answer = pos >= t - n_fed
+    return {"input_ids": ids, "attention_mask": pos >= start,
+            "prompt": (pos >= start) & ~answer, "last": pos == t - n_fed - 1, "answer": answer}
 
 
 def _top2(model: nn.Module, batch: dict[str, torch.Tensor], width: int
@@ -230,27 +238,34 @@ def _rows_per_pass(decoding: Decoding, vocab: int, length: int) -> int:
 @torch.no_grad()
 def forced_outputs(subject: Subject, examples: Sequence[Example], decoding: Decoding,
                    steering: Steering | None, decode: Callable[[list[Example]], list[str]],
-                   tolerance: float | None = None) -> list[str]:
+                   tolerance: float | None = None, prefer: str = "mem") -> list[str]:
     """``decode(examples)``'s greedy outputs, proven by teacher-forced passes (module doc).
 
     ``decode`` is the real decoder of the same steering (it runs only when some item is not
     proven, on the whole list). ``tolerance``: the relative top-2 gap a read needs (None:
-    :func:`tie_tolerance` of the model's dtype).
+    :func:`tie_tolerance` of the model's dtype). ``prefer`` (mem / gen): the answer guessed
+    first, the likelier one saves a pass (the other is guessed once the first token says so).
     """
     examples = list(examples)
     if not examples:
         return []
     model, tok = subject.model, subject.tokenizer
-    prompt_ids = [_ids(tok, ex.prompt) for ex in examples]
+    answers_text = [candidates(ex, prefer) for ex in examples]
+    flat = _token_ids(tok, [ex.prompt for ex in examples] + [t for a in answers_text for t in a])
+    prompt_ids, rest = flat[:len(examples)], iter(flat[len(examples):])
+    answers = [[next(rest) for _ in a] for a in answers_text]
     if decoding.num_beams != 1 or not plain_greedy(model) or not all(prompt_ids):
         _count(items=len(examples), fallback=len(examples), decodes=1)
         return decode(examples)
     param = next(model.parameters())
     tol = tie_tolerance(param.dtype) if tolerance is None else tolerance
     stop, m = stop_token(tok), int(decoding.max_new_tokens)
+    limit = max(m - 1, 0)  # reads after m - 1 fed tokens reach step m - 1, the last one
     vocab = int(getattr(model.config, "vocab_size", 0) or 50_000)
     proofs: list[_Proof | None] = [None] * len(examples)
-    rows = [(i, g[:max(m - 1, 0)]) for i, ex in enumerate(examples) for g in guesses(tok, ex)]
+    # round 0: every answer (one row each) or the preferred one; then one row per item
+    rows = [(i, a[:limit]) for i in range(len(examples))
+            for a in (answers[i][:FIRST_GUESSES] or [[]])]
     was_training = model.training
     model.eval()
     try:
@@ -264,21 +279,24 @@ def forced_outputs(subject: Subject, examples: Sequence[Example], decoding: Deco
                 values, ids = _forced_pass(subject, [examples[i] for i, _ in chunk],
                                            [prompt_ids[i] for i, _ in chunk],
                                            [f for _, f in chunk], steering)
-                width = values.shape[1]
+                values, ids, width = values.tolist(), ids.tolist(), values.shape[1]
                 for row, (i, fed) in enumerate(chunk):
                     lo = width - len(fed) - 1
-                    proof = read_proof(fed, values[row, lo:], ids[row, lo:], m, stop, tol)
-                    # round 0: the better of an item's guesses; later rounds extend the proof
+                    proof = read_proof(fed, values[row][lo:], ids[row][lo:], m, stop, tol)
                     if round_ or proofs[i] is None or proof.better_than(proofs[i]):
-                        proofs[i] = proof
-            rows = [(i, p.known) for i, p in enumerate(proofs)
+                        proofs[i] = proof  # later rounds extend the proof they were fed
+            rows = [(i, guess(p.known, answers[i], limit)) for i, p in enumerate(proofs)
                     if p is not None and not p.done and not p.unsure]
     finally:
         model.train(was_training)
     unproven = [i for i, p in enumerate(proofs) if p is None or not p.done]
     _count(items=len(examples), fallback=len(unproven), decodes=int(bool(unproven)))
-    outputs = [decode_new_tokens(tok, torch.tensor([p.known + [stop]]))[0]
-               if p is not None and p.done else "" for p in proofs]
+    done = [p.known for p in proofs if p is not None and p.done]
+    width = max(map(len, done), default=0) + 1
+    texts = iter(decode_new_tokens(tok, torch.tensor([k + [stop] * (width - len(k))
+                                                      for k in done], dtype=torch.long))
+                 if done else [])
+    outputs = [next(texts) if p is not None and p.done else "" for p in proofs]
     if unproven:  # the whole list, so that each row is decoded in the batch it would be
         decoded = decode(examples)
         for i in unproven:
@@ -287,12 +305,12 @@ def forced_outputs(subject: Subject, examples: Sequence[Example], decoding: Deco
 
 
 def steered_outputs(subject: Subject, examples: Sequence[Example], decoding: Decoding,
-                    steering: Steering | None,
-                    decode: Callable[[list[Example]], list[str]]) -> list[str]:
+                    steering: Steering | None, decode: Callable[[list[Example]], list[str]],
+                    prefer: str = "mem") -> list[str]:
     """``decode(examples)``, through :func:`forced_outputs` when ``decoding.forced_labels``."""
     if not decoding.forced_labels:
         return decode(list(examples))
-    return forced_outputs(subject, examples, decoding, steering, decode)
+    return forced_outputs(subject, examples, decoding, steering, decode, prefer=prefer)
 
 
 def legacy_steering(selection, alpha: float, direction: str, last_prompt_only: bool
@@ -305,7 +323,8 @@ def legacy_steering(selection, alpha: float, direction: str, last_prompt_only: b
 
 
 def outputs_with(subject: Subject, intervention: Intervention, alpha: float, direction: str,
-                 positions: str, examples: Sequence[Example], decoding: Decoding) -> list[str]:
+                 positions: str, examples: Sequence[Example], decoding: Decoding,
+                 prefer: str = "mem") -> list[str]:
     """``runner.generate_with``'s outputs, proven where ``decoding.forced_labels`` allows."""
 
     def decode(items: list[Example]) -> list[str]:
@@ -313,4 +332,4 @@ def outputs_with(subject: Subject, intervention: Intervention, alpha: float, dir
                              decoding)
 
     return steered_outputs(subject, examples, decoding,
-                           Steering(intervention, alpha, direction, positions), decode)
+                           Steering(intervention, alpha, direction, positions), decode, prefer)
