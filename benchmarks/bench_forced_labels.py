@@ -69,6 +69,63 @@ def _kinds(subject, settings, neurons, behaviors, clean, features):
     return report.tuning.scores, report.table, report.ceiling
 
 
+class _ExactTask:
+    """The base task's labels (first line, stripped, equals an answer) and nothing else."""
+
+    def classify(self, example, output):
+        from memgen.tasks.base import Task  # noqa: PLC0415
+
+        return Task.classify(self, example, output)
+
+
+def _long_answers(threads: int, new_tokens: int = 32, n: int = 128):
+    """A default-sized random GPT-2 (4 layers, width 128) whose items' MEM / GEN answers are
+    its own greedy outputs of ``new_tokens`` tokens, unsteered and steered: long answers, as a
+    scratchpad task's (no training: the labels are what the model says)."""
+    import random  # noqa: PLC0415
+
+    from transformers import GPT2Config, GPT2LMHeadModel  # noqa: PLC0415
+
+    from memgen.analysis.generation import generate  # noqa: PLC0415
+    from memgen.analysis.neurons import NeuronSelection  # noqa: PLC0415
+    from memgen.analysis.settings import Decoding, Subject  # noqa: PLC0415
+    from memgen.analysis.sites import list_sites  # noqa: PLC0415
+    from memgen.analysis.steering.hooks import steer  # noqa: PLC0415
+    from memgen.tasks.base import Example  # noqa: PLC0415
+    from memgen.training.tokenizer import build_char_tokenizer  # noqa: PLC0415
+
+    tok = build_char_tokenizer(["0123456789+:\n abcdefghijklmnopqrstuvwxyzIT"])
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=128,
+                                       n_layer=4, n_head=4, pad_token_id=0, eos_token_id=1,
+                                       bos_token_id=1, initializer_range=0.3)).eval()
+    rng = random.Random(0)
+    prompts = ["Input:\n" + "+".join(str(rng.randint(1, 999)) for _ in range(4)) + "\nTarget:\n"
+               for _ in range(n)]
+    sites = list_sites(model, ("mlp",))
+    sel = NeuronSelection(sites=[sites[-1]] * 8, indices=torch.arange(8) * 7,
+                          nmd=torch.linspace(-1, 1, 8), r=torch.zeros(8))
+    mem = generate(model, tok, prompts, new_tokens)
+    with steer(model, sel, 3.0, "to_gen"):
+        gen = generate(model, tok, prompts, new_tokens)
+    examples = [Example(prompt=p, answer=g, kind="conflict", mem_answer=m, gen_answer=g)
+                for p, m, g in zip(prompts, mem, gen, strict=True)]
+    subject = Subject(model, tok, _ExactTask())
+    decoding = Decoding(max_new_tokens=new_tokens, batch_size=128)
+    return subject, examples, sel, decoding
+
+
+def _steer_long(subject, examples, sel, decoding):
+    from memgen.analysis.steering.evaluation import baseline_labels, evaluate_steering  # noqa
+
+    labels = baseline_labels(subject, examples, decoding)
+    out = [labels]
+    for alpha in (1.0, 3.0, 9.0):
+        out.append(evaluate_steering(subject, examples, labels, sel, alpha, decoding=decoding,
+                                     last_prompt_only=False).items)
+    return out
+
+
 def _same(a, b) -> bool:
     return all(x.equals(y) if hasattr(x, "equals") else x == y for x, y in zip(a, b,
                                                                                  strict=True))
@@ -106,6 +163,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--kinds", action="store_true")
+    parser.add_argument("--long", action="store_true",
+                        help="only the long-answer case (a random default-sized model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from memgen.analysis.settings import Subject  # noqa: PLC0415
@@ -113,6 +172,20 @@ def main() -> None:
     from memgen.settings import settings_from_config  # noqa: PLC0415
 
     print(f"before: {_uptime()}; torch threads {torch.get_num_threads()}")
+    if args.long:
+        from memgen.analysis.settings import AnalysisSettings  # noqa: PLC0415
+
+        subject, examples, sel, decoding = _long_answers(args.threads)
+
+        def long(s):
+            d = dataclasses.replace(decoding, forced_labels=s.steering.forced_labels)
+            return _steer_long(subject, examples, sel, d)
+
+        print(f"long answers: {len(examples)} items, max_new_tokens {decoding.max_new_tokens}")
+        _compare("unsteered + steered labels, 32-token answers", long, AnalysisSettings(),
+                 args.repeats)
+        print(f"after: {_uptime()}; torch threads {torch.get_num_threads()}")
+        return
     with tempfile.TemporaryDirectory() as store:
         cfg, trained = _train(QUICK if args.quick else DEFAULT, store, args.threads)
         torch.set_num_threads(args.threads)

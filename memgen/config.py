@@ -136,7 +136,7 @@ class SteeringConfig:
     ceiling: bool = True
     # label steered and unsteered items of tuning, evaluation and the grid by teacher-forced
     # passes where that proves greedy's output (the same labels); false: decode every item
-    forced_labels: bool = True
+    forced_labels: bool = False
 
 
 @dataclass

@@ -60,7 +60,7 @@ class SteeringSettings:
     tune_sites: tuple[str, ...] = ()  # empty: (sites,)
     tune_keep: int = 2  # candidates refined over k x alpha after the one-cell screen
     ceiling: bool = True  # the GEN->MEM full-site interchange ceiling
-    forced_labels: bool = True  # label steering's items by teacher-forced passes (same labels)
+    forced_labels: bool = False  # label steering's items by teacher-forced passes (same labels)
 
     def __post_init__(self) -> None:
         # ``positions`` wins over the legacy flag where both name the same thing
