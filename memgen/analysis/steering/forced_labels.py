@@ -1,7 +1,11 @@
 """Greedy outputs, steered or not, proven by teacher-forced passes instead of a decode loop.
 
-Why: steered generation is overhead-bound (issue 25 item 7); one forward pass over
-``prompt + guess`` checks a whole guessed continuation at once.
+Why: one forward pass over ``prompt + guess`` checks a whole guessed continuation at once,
+where a decode loop runs one pass per token (issue 25 item 7). What it costs: every pass
+recomputes the prompt (no KV cache), and an item whose output leaves both answers needs one
+pass per further token. On CPU with the default's 1-2 token answers the prompt dominates and
+it measured slower than decoding (``benchmarks/bench_forced_labels.py``), hence
+``analysis.steering.forced_labels`` is off by default.
 
 The invariant: greedy decoding's step-``p`` token is the argmax of the logits after
 ``prompt + s_0..s_{p-1}``; a causal model's logits at a position depend only on the tokens up
@@ -53,7 +57,9 @@ NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (Non
            "stop_strings": (None,), "max_time": (None,), "use_cache": (None, True),
            "token_healing": (None, False), "dola_layers": (None,),
            "prompt_lookup_num_tokens": (None,)}
-FIRST_GUESSES = 1  # answers guessed in round 0 (one row each; 2 settles MEM and GEN at once)
+# answers guessed in round 0, one row each: 2 settles MEM and GEN in one round but doubles its
+# rows; 1 (with ``prefer``) measured faster on the default-like model
+FIRST_GUESSES = 1
 LOGIT_BUDGET = 1 << 26  # logits (floats) one pass may hold: rows are chunked under it
 
 
