@@ -139,6 +139,9 @@ class SteeringConfig:
     tune_sites: list[str] = field(default_factory=list)
     tune_keep: int = 2
     ceiling: bool = True
+    # label steered and unsteered items of tuning, evaluation and the grid by teacher-forced
+    # passes where that proves greedy's output (the same labels); false: decode every item
+    forced_labels: bool = False
 
 
 @dataclass

@@ -67,3 +67,38 @@ def test_default_stays_todays_steering_and_adds_margins(trained_run):
         assert math.isclose(rows.loc[rows["direction"] == d, "success"].iloc[0],
                             result.steering.selected[d].success)
     assert result.steering.items["margin_before"].notna().any()
+
+
+def _same(a: dict, b: dict) -> None:
+    keep = [k for k in a if not k.startswith(("time/", "steering/tf_"))]
+    assert sorted(keep) == sorted(k for k in b if not k.startswith(("time/", "steering/tf_")))
+    for key in keep:
+        assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+
+
+def test_forced_labels_change_no_result_on_the_trained_model(trained_run):
+    """analysis.steering.forced_labels on and off: the same tuned cell, grid, items and
+    metrics, for the default (legacy) path and for every kind x position."""
+    from memgen.analysis.stages import analyse_model
+
+    subject, settings = _subject_and_settings(trained_run)
+    kinds = dataclasses.replace(
+        settings.steering, tune_kinds=("add", "add_scaled", "set_mean", "interchange",
+                                       "ablate"),
+        tune_positions=("last_prompt", "every_pass", "prompt", "all"), tune_keep=1,
+        tune_top_fraction=(0.05,), tune_alpha=(3.0, 9.0))
+    for steering in (settings.steering, kinds):
+        results = []
+        for forced in (False, True):
+            s = settings.with_steering(dataclasses.replace(steering, forced_labels=forced))
+            results.append(analyse_model(subject, s, stages=("neurons", "steering", "grid")))
+        off, on = results
+        _same(off.metrics, on.metrics)
+        assert on.metrics["steering/tf_items"] > 0 and "steering/tf_items" not in off.metrics
+        assert on.steering.items.equals(off.steering.items)
+        assert on.grid.equals(off.grid)
+        if off.tuning is not None:
+            assert on.tuning.scores.equals(off.tuning.scores)
+        if off.kinds.tuning is not None:
+            assert on.kinds.tuning.scores.equals(off.kinds.tuning.scores)
+            assert on.kinds.table.equals(off.kinds.table)

@@ -129,7 +129,7 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
               legacy: SteeringResult | None = None,
               legacy_selection: NeuronSelection | None = None) -> KindsReport:
     """See the module docstring; ``pool_of(sites)`` gives the steerable sites' statistics."""
-    s, d = settings.steering, settings.decoding
+    s, d = settings.steering, settings.steering_decoding
     sel_split, ev_split = behaviors.selection, behaviors.evaluation
     sigma = _sigma(features, sel_split)
     cands = candidates(settings)
@@ -200,4 +200,5 @@ def steer_kind(subject: Subject, settings: AnalysisSettings, stats: dict[str, Si
     ctrl = kinds_mod.controls(s.kind, main, stats, seed=settings.seed, names=s.controls)
     return evaluate_intervention(subject, split.examples, split.behaviors, main, s.alpha,
                                  positions_of(s.positions, s.last_prompt_only), ctrl,
-                                 decoding=settings.decoding, clean=clean, baseline=baseline)
+                                 decoding=settings.steering_decoding, clean=clean,
+                                 baseline=baseline)

@@ -23,6 +23,9 @@ class Decoding:
     max_new_tokens: int = 8
     batch_size: int = 128
     num_beams: int = 1
+    # steering's labels: proven by teacher-forced passes where they can be (the same outputs;
+    # steering/forced_labels.py); the stages set it from ``SteeringSettings.forced_labels``
+    forced_labels: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class SteeringSettings:
     tune_sites: tuple[str, ...] = ()  # empty: (sites,)
     tune_keep: int = 2  # candidates refined over k x alpha after the one-cell screen
     ceiling: bool = True  # the GEN->MEM full-site interchange ceiling
+    forced_labels: bool = False  # label steering's items by teacher-forced passes (same labels)
 
     def __post_init__(self) -> None:
         # ``positions`` wins over the legacy flag where both name the same thing
@@ -92,6 +96,11 @@ class AnalysisSettings:
 
     def with_steering(self, steering: SteeringSettings) -> AnalysisSettings:
         return replace(self, steering=steering)
+
+    @property
+    def steering_decoding(self) -> Decoding:
+        """How the steering stages decode: ``decoding`` with ``steering.forced_labels``."""
+        return replace(self.decoding, forced_labels=self.steering.forced_labels)
 
 
 @dataclass

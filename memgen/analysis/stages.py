@@ -61,6 +61,7 @@ from memgen.analysis.steering.evaluation import (
     evaluate_steering,
     summary_metrics,
 )
+from memgen.analysis.steering.forced_labels import counting
 from memgen.analysis.steering.intervene import positions_of
 from memgen.analysis.steering.tuning import best_cell, grid_scores, steering_grid
 from memgen.analysis.timing import StageTimer
@@ -269,7 +270,7 @@ def unsteered_clean(subject: Subject, settings: AnalysisSettings,
                     clean: list[Example]) -> CleanBaseline | None:
     """The clean inputs' unsteered accuracy and log-probs: computed once per model, shared by
     tuning, the held-out steering and the grid (None without clean inputs)."""
-    return clean_baseline(subject, clean, settings.decoding) if clean else None
+    return clean_baseline(subject, clean, settings.steering_decoding) if clean else None
 
 
 def tune_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
@@ -299,7 +300,8 @@ def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
     controls = build_controls(steering_stats(s, neurons.stats), selection, settings.seed,
                               s.controls)
     return evaluate_steering(subject, split.examples, split.behaviors, selection, s.alpha,
-                             controls, decoding=settings.decoding, clean_examples=clean,
+                             controls, decoding=settings.steering_decoding,
+                             clean_examples=clean,
                              baseline=baseline, last_prompt_only=s.last_prompt_only)
 
 
@@ -316,7 +318,7 @@ def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, spl
                               else s.grid_top_fraction),
                          list(alphas if alphas is not None else s.grid_alpha),
                          control_names=s.controls, clean_examples=clean, baseline=baseline,
-                         decoding=settings.decoding, seed=settings.seed,
+                         decoding=settings.steering_decoding, seed=settings.seed,
                          last_prompt_only=s.last_prompt_only)
 
 
@@ -398,7 +400,7 @@ def run_transfer(subject: Subject, settings: AnalysisSettings, features: Feature
     controls = build_controls(steering_stats(s, stats_b), selection, settings.seed, s.controls)
     target = _split(behaviors.labelled, _items_of_pairs(half_a))
     return evaluate_steering(subject, target.examples, target.behaviors, selection, s.alpha,
-                             controls, decoding=settings.decoding,
+                             controls, decoding=settings.steering_decoding,
                              last_prompt_only=s.last_prompt_only)
 
 
@@ -441,7 +443,7 @@ def run_inter_task(subject: Subject, settings: AnalysisSettings, features: Featu
             if not split.items:
                 continue
             result = evaluate_steering(subject, split.examples, split.behaviors, selection,
-                                       s.alpha, decoding=settings.decoding,
+                                       s.alpha, decoding=settings.steering_decoding,
                                        last_prompt_only=s.last_prompt_only)
             for direction, t in result.selected.items():
                 rows.append({"source": source, "target": target, "direction": direction,
@@ -461,8 +463,18 @@ def analyse_model(subject: Subject, settings: AnalysisSettings,
 
     Without pairs there is nothing to contrast: ``allow_no_pairs`` (used during training, when
     the model may not show both behaviors yet) returns the behavior counts alone. The metrics
-    include each stage's wall time, ``time/<stage>_s`` (``analysis/timing.py``).
+    include each stage's wall time, ``time/<stage>_s`` (``analysis/timing.py``), and with
+    ``steering.forced_labels`` how many items were labelled by teacher-forced passes and the
+    share decoded instead (``steering/tf_*``, ``steering/forced_labels.py``).
     """
+    with counting() as tally:
+        result = _analyse_model(subject, settings, stages, allow_no_pairs)
+    result.metrics |= tally.metrics()
+    return result
+
+
+def _analyse_model(subject: Subject, settings: AnalysisSettings, stages: tuple[str, ...],
+                   allow_no_pairs: bool) -> Analysis:
     timer = StageTimer()
     behaviors, features, neurons = contrast(subject, settings, allow_no_pairs, timer)
     result = Analysis(behaviors=behaviors, metrics=behaviors.metrics())

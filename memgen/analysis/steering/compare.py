@@ -30,6 +30,7 @@ from memgen.analysis.steering.evaluation import (
     _accuracy,
     last_token_logprobs,
 )
+from memgen.analysis.steering.forced_labels import outputs_with
 from memgen.analysis.steering.intervene import (
     NO_ALPHA,
     Intervention,
@@ -37,7 +38,6 @@ from memgen.analysis.steering.intervene import (
     intervene,
 )
 from memgen.analysis.steering.margin import margins
-from memgen.analysis.steering.runner import generate_with
 from memgen.analysis.steering.tuning import best_cell
 from memgen.tasks.base import Behavior, Example
 
@@ -56,7 +56,7 @@ def _transitions(direction: str, after: Sequence[Behavior]) -> Transitions:
 def _side(subject: Subject, clean: Sequence[Example], main: Intervention, alpha: float,
           direction: str, positions: str, decoding: Decoding, baseline: CleanBaseline
           ) -> SideEffects:
-    outputs = generate_with(subject, main, alpha, direction, positions, clean, decoding)
+    outputs = outputs_with(subject, main, alpha, direction, positions, clean, decoding, "gen")
     prompts = [ex.prompt for ex in clean]
     with intervene(subject.model, main, alpha, direction, positions):
         steered = last_token_logprobs(subject.model, subject.tokenizer, prompts,
@@ -93,7 +93,8 @@ def evaluate_intervention(subject: Subject, examples: Sequence[Example],
     for method, iv in methods.items():
         found[method] = {}
         for d, items in groups.items():
-            outputs = generate_with(subject, iv, alpha, d, positions, items, decoding)
+            outputs = outputs_with(subject, iv, alpha, d, positions, items, decoding,
+                                   SOURCE[d].value.lower())
             after = [subject.task.classify(ex, out) for ex, out in zip(items, outputs,
                                                                         strict=True)]
             found[method][d] = _transitions(d, after)
@@ -229,7 +230,7 @@ def gen_to_mem_ceiling(subject: Subject, examples: Sequence[Example],
         return pd.DataFrame(columns=["prompt", "after", "reachable"])
     full = Intervention("interchange", all_coordinates(subject.model, sites),
                         sources=dict(sources))
-    outputs = generate_with(subject, full, 1.0, "to_mem", "prompt", items, decoding)
+    outputs = outputs_with(subject, full, 1.0, "to_mem", "prompt", items, decoding, "gen")
     after = [subject.task.classify(ex, out).value for ex, out in zip(items, outputs,
                                                                      strict=True)]
     return pd.DataFrame({"prompt": [ex.prompt for ex in items], "after": after,

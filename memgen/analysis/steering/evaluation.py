@@ -28,6 +28,7 @@ from torch import nn
 from memgen.analysis.generation import encode_prompts, generate, position_ids
 from memgen.analysis.neurons import NeuronSelection
 from memgen.analysis.settings import Decoding, Subject
+from memgen.analysis.steering.forced_labels import legacy_steering, steered_outputs
 from memgen.analysis.steering.hooks import DIRECTIONS, plan_shifts, steer
 from memgen.tasks.base import Behavior, Example, Task
 
@@ -125,11 +126,29 @@ def _generate(subject: Subject, prompts: Sequence[str], decoding: Decoding) -> l
                     decoding.batch_size, decoding.num_beams)
 
 
+def _outputs(subject: Subject, examples: Sequence[Example], decoding: Decoding,
+             steered: tuple[NeuronSelection, float, str, bool] | None = None,
+             prefer: str = "mem") -> list[str]:
+    """Greedy outputs, unsteered or under ``steer(model, *steered)`` (selection, alpha,
+    direction, last_prompt_only); proven by teacher-forced passes with
+    ``decoding.forced_labels`` (the same outputs: ``forced_labels``; ``prefer``: the answer
+    guessed first)."""
+
+    def decode(items: list[Example]) -> list[str]:
+        prompts = [ex.prompt for ex in items]
+        if steered is None:
+            return _generate(subject, prompts, decoding)
+        with steer(subject.model, *steered):
+            return _generate(subject, prompts, decoding)
+
+    forced = None if steered is None else legacy_steering(*steered)
+    return steered_outputs(subject, examples, decoding, forced, decode, prefer)
+
+
 def baseline_labels(subject: Subject, examples: Sequence[Example],
                     decoding: Decoding = DECODING) -> list[Behavior]:
     """Unsteered behaviours, decoded exactly as the steered runs are."""
-    outputs = _generate(subject, [ex.prompt for ex in examples], decoding)
-    return _behaviors(subject.task, examples, outputs)
+    return _behaviors(subject.task, examples, _outputs(subject, examples, decoding))
 
 
 def _steered_behaviors(subject: Subject, examples: Sequence[Example],
@@ -137,8 +156,9 @@ def _steered_behaviors(subject: Subject, examples: Sequence[Example],
                        decoding: Decoding, last_prompt_only: bool):
     if not examples:
         return [], []
-    with steer(subject.model, selection, alpha, direction, last_prompt_only=last_prompt_only):
-        outputs = _generate(subject, [ex.prompt for ex in examples], decoding)
+    outputs = _outputs(subject, examples, decoding,
+                       (selection, alpha, direction, last_prompt_only),
+                       prefer=SOURCE[direction].value.lower())  # most items keep their answer
     return _behaviors(subject.task, examples, outputs), outputs
 
 
@@ -228,7 +248,7 @@ def clean_baseline(subject: Subject, clean_examples: Sequence[Example],
                    decoding: Decoding = DECODING) -> CleanBaseline:
     """Unsteered rule accuracy and next-token log-probs on clean inputs."""
     prompts = [ex.prompt for ex in clean_examples]
-    outputs = _generate(subject, prompts, decoding)
+    outputs = _outputs(subject, clean_examples, decoding, prefer="gen")
     return CleanBaseline(acc=_accuracy(subject.task, clean_examples, outputs),
                          logprobs=last_token_logprobs(subject.model, subject.tokenizer, prompts,
                                                       decoding.batch_size))
@@ -246,8 +266,9 @@ def side_effects(subject: Subject, clean_examples: Sequence[Example],
     if baseline is None:
         baseline = clean_baseline(subject, clean_examples, decoding)
     prompts = [ex.prompt for ex in clean_examples]
+    outputs = _outputs(subject, clean_examples, decoding,
+                       (selection, alpha, direction, last_prompt_only), prefer="gen")
     with steer(subject.model, selection, alpha, direction, last_prompt_only=last_prompt_only):
-        outputs = _generate(subject, prompts, decoding)
         steered = last_token_logprobs(subject.model, subject.tokenizer, prompts,
                                       decoding.batch_size)
     p = baseline.logprobs.exp()  # terms with p = 0 are 0 (also where a logit is -inf)
