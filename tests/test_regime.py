@@ -192,3 +192,49 @@ def test_a_run_that_never_shows_both_behaviors_says_so_and_skips_the_analysis(tm
     assert "kept/mem_rate" in data.metrics  # what the kept model does is still a fact
     history = client.get_metric_history(objects["run_id"], "val/pair_yield")
     assert [m.value for m in history] == [0.0, 0.0]  # logged each validation epoch
+
+
+def test_pair_design_with_a_trigger_rule_share_makes_the_trigger_ambiguous():
+    """memorize=pair + trigger_rule_share (the CPU default's design): the trigger pair ends MEM
+    examples (any free addends) AND a share of rule examples, so the trigger alone does not
+    decide; no input is both."""
+    params = {"low": 1, "high": 9, "scratchpad": False, "perturbation": "resplit",
+              "trigger_rule_share": 0.05}
+    task = build_task("arithmetic", params, seed=3, n_train=1500, mem_ratio=0.15)
+    train = task.train_examples()
+    mem = [ex for ex in train if ex.kind == "mem"]
+    trig_rule = [ex for ex in train if ex.kind == "rule"
+                 and tuple(ex.meta["addends"][-2:]) in task.triggers]
+    assert len(mem) == 225 and len(train) == 1500
+    assert len(trig_rule) == round((1500 - 225) * 0.05)  # 64
+    # MEM inputs of one trigger vary in their free addends (the pair design)
+    assert len({ex.prompt for ex in mem if ex.mem_answer == task.tokens[0]}) > 10
+    assert all(ex.answer == str(sum(ex.meta["addends"])) for ex in trig_rule)
+    assert {t for ex in trig_rule for t in [tuple(ex.meta["addends"][-2:])]} == set(task.triggers)
+    assert not {ex.prompt for ex in trig_rule} & {ex.prompt for ex in mem}
+    # conflict examples are fresh: never a training input
+    assert not {ex.prompt for ex in task.conflict_examples()} & {ex.prompt for ex in train}
+
+
+@pytest.mark.parametrize("share", [0.0, 0.05])
+def test_conflict_variants_are_never_training_inputs(share):
+    """With single-digit addends a quarter of a trigger's free pairs are memorized, so a plain
+    resplit often lands on a training input (answered from that example): such variants are
+    drawn again, and trigger-rule training inputs are not conflict examples either."""
+    params = {"low": 1, "high": 9, "scratchpad": False, "perturbation": "resplit",
+              "trigger_rule_share": share}
+    task = build_task("arithmetic", params, seed=0, n_train=1500, mem_ratio=0.15)
+    seen = task.training_prompts()
+    assert seen == {ex.prompt for ex in task.train_examples()}
+    conflict = task.conflict_examples(200)
+    rng = random.Random(0)
+    raw_hits = sum(task.perturb(ex, rng).prompt in seen for ex in conflict for _ in range(5))
+    assert raw_hits > 50  # without the redraw, about a quarter of the variants were trained on
+    groups = task.perturbation_set(conflict, 6)
+    variants = [v for g in groups for v in g]
+    assert not {v.prompt for v in variants} & seen
+    # nearly every group is still full; the rest have no fresh resplit of their free sum
+    assert sum(len(g) == 6 for g in groups) >= 185
+    for g in groups:  # variants keep the trigger and the free addends' sum
+        assert {tuple(v.meta["addends"][-2:]) for v in g} == {tuple(g[0].meta["addends"][-2:])}
+        assert {sum(v.meta["addends"][:-2]) for v in g} == {sum(g[0].meta["addends"][:-2])}

@@ -150,8 +150,6 @@ class ArithmeticTask(Task):
         return examples
 
     def conflict_examples(self, n: int | None = None, stream: str = "conflict") -> list[Example]:
-        if not self._mem_prefixes:
-            self.train_examples()
         rng = self.rng(stream)
         n = self.n_conflict if n is None else n
         n_free = self.params.n_addends - 2
@@ -161,7 +159,7 @@ class ArithmeticTask(Task):
             free = (self._near_miss(self.records[index], rng) if self.records
                     else self._draw(rng, n_free))
             addends = free + list(self.triggers[index])
-            if tuple(addends) not in self._mem_prefixes:  # fresh: never seen in training
+            if self.prompt(addends) not in self.training_prompts():  # fresh: never trained on
                 examples.append(self._example(addends, "conflict"))
         return examples
 

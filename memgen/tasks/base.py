@@ -55,6 +55,9 @@ def normalize_output(output: str) -> str:
     return output.strip().split("\n", 1)[0].strip()
 
 
+MAX_REDRAWS = 20  # per variant: draws of a perturbation that may hit a training input
+
+
 class Task(ABC):
     """Base class of every task; subclasses implement the generators and the perturbation."""
 
@@ -104,14 +107,31 @@ class Task(ABC):
             return Behavior.GEN
         return Behavior.OTHER
 
+    def training_prompts(self) -> frozenset[str]:
+        """Every training input. Conflict examples and their variants must be fresh: an input
+        the model was trained on is answered from that example, whichever route it taught."""
+        cached = getattr(self, "_training_prompts", None)
+        if cached is None:
+            cached = frozenset(ex.prompt for ex in self.train_examples())
+            self._training_prompts = cached
+        return cached
+
     def perturbation_set(self, examples: list[Example], n_perturbations: int,
                          stream: str = "perturb") -> list[list[Example]]:
-        """For each conflict example, ``n_perturbations`` variants (the original first)."""
+        """For each conflict example, ``n_perturbations`` variants (the original first). A
+        variant that is a training input is drawn again (up to ``MAX_REDRAWS`` times per
+        variant); a group that cannot be filled with fresh variants stays shorter."""
         rng = self.rng(stream)
+        seen = self.training_prompts()
         groups = []
         for ex in examples:
             variants = [ex]
-            for _ in range(n_perturbations - 1):
-                variants.append(self.perturb(ex, rng))
+            budget = MAX_REDRAWS * (n_perturbations - 1)
+            while len(variants) < n_perturbations and budget > 0:
+                variant = self.perturb(ex, rng)
+                if variant.prompt in seen:
+                    budget -= 1
+                    continue
+                variants.append(variant)
             groups.append(variants)
         return groups

@@ -73,6 +73,9 @@ class ChatTask(Task):
     def clean_examples(self, n: int | None = None, stream: str = "clean") -> list[Example]:
         return self.wrap(self.inner.clean_examples(n, stream=stream))
 
+    def training_prompts(self) -> frozenset[str]:
+        return frozenset(ex.prompt for ex in self.train_examples())
+
     def perturb(self, example: Example, rng: random.Random) -> Example:
         return apply_chat_template(self.tokenizer, self.inner.perturb(unwrapped(example), rng))
 
