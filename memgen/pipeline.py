@@ -22,7 +22,7 @@ from memgen.analysis.sites import resolve_sites, site_width
 from memgen.analysis.stages import analyse_model, steering_sites
 from memgen.analysis.timing import StageTimer
 from memgen.boundary import describe, task_error
-from memgen.config import ConfigError
+from memgen.config import ConfigError, checkpoint_metric
 from memgen.config_checks import check_model_memory
 from memgen.replicates.claims import format_scorecard, score_claims
 from memgen.settings import settings_from_config
@@ -176,7 +176,8 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     module = MemGenModule(model, tokenizer, task, cfg)
     datamodule = MemGenDataModule(cfg, task, tokenizer)
     ckpt_dir = Path(cfg.output_dir) / "checkpoints" / run.run_id
-    best, checkpointing = resumable_callbacks(ckpt_dir, tr.checkpoint_metric)
+    kept_by = checkpoint_metric(cfg)
+    best, checkpointing = resumable_callbacks(ckpt_dir, kept_by)
     run.log_params({"checkpoint_dir": str(ckpt_dir.resolve())})
     if ckpt_path:
         run.set_tags(resume_tags(ckpt_path))
@@ -218,7 +219,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
     if tr.require_both and (never_both or zero) and (ckpt_dir / "last.ckpt").exists():
         # every epoch tied at 0 and a tie keeps the first: epoch 0's weights mean nothing
         best_path = str(ckpt_dir / "last.ckpt")
-        run.set_tags({"memgen.kept": f"last epoch: {tr.checkpoint_metric} was 0 at every "
+        run.set_tags({"memgen.kept": f"last epoch: {kept_by} was 0 at every "
                                      f"validation epoch"})
         if module.behavior_history:  # finish_run reads the epoch from best-NNN names only
             run.log_metrics({"kept/epoch": module.behavior_history[-1]["epoch"]})
@@ -226,7 +227,7 @@ def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
         load_module_weights(module, best_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if best.best_model_score is not None:
-        metrics["val/best_" + tr.checkpoint_metric.removeprefix("val/")] = float(
+        metrics["val/best_" + kept_by.removeprefix("val/")] = float(
             best.best_model_score)
     run.set_tags({"best_checkpoint": best_path or ""})
     if cfg.tracking.log_checkpoints and ckpt_dir.exists():

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from memgen.config import ConfigError, compose
+from memgen.config import ConfigError, checkpoint_metric, compose
 from memgen.tasks import Behavior, build_task
 from memgen.training.data import validation_examples
 from memgen.training.regime import NEVER_BOTH_TAG, n_split, never_both_message, showed_both
@@ -105,10 +105,26 @@ def test_module_logs_pair_yield_from_variants_and_rates_from_originals(monkeypat
 
 def test_pair_yield_checkpoint_needs_validation_variants(tmp_path):
     with pytest.raises(ConfigError, match=r"^task.n_val_perturbations: expected an integer >= 2"):
-        compose(tiny_overrides(tmp_path, **{"trainer.checkpoint_metric": "val/pair_yield"}))
+        compose(tiny_overrides(tmp_path, **{"trainer.checkpoint_metric": "val/pair_yield",
+                                            "task.n_val_perturbations": 1}))
     cfg = compose(tiny_overrides(tmp_path, **{"trainer.checkpoint_metric": "val/pair_yield",
                                               "task.n_val_perturbations": 3}))
     assert cfg.trainer.checkpoint_metric == "val/pair_yield"
+
+
+@pytest.mark.parametrize(("task", "n_val", "kept_by"), [
+    ("arithmetic", None, "val/pair_yield"),  # the default: 3 validation variants
+    ("arithmetic", 1, "val/behavior_balance"),
+    ("colour", None, "val/behavior_balance"),  # originals only
+    ("colour", 2, "val/pair_yield")])
+def test_auto_checkpoint_metric_follows_the_validation_variants(tmp_path, task, n_val, kept_by):
+    overrides = {"task": task} | ({"task.n_val_perturbations": n_val} if n_val else {})
+    cfg = compose(tiny_overrides(tmp_path, **overrides))
+    assert cfg.trainer.checkpoint_metric == "auto"
+    assert checkpoint_metric(cfg) == kept_by
+    explicit = compose(tiny_overrides(tmp_path, **overrides,
+                                      **{"trainer.checkpoint_metric": "val/mem_gen_product"}))
+    assert checkpoint_metric(explicit) == "val/mem_gen_product"
 
 
 # -- arithmetic: memorize=record, perturbation=graded -------------------------------------------

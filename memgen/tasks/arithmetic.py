@@ -36,7 +36,7 @@ class ArithmeticParams:
     scratchpad: bool = True
     perturbation: str = "swap"  # swap (the paper's) | resplit | graded (memorize=record)
     memorize: str = "pair"  # pair (the paper's: any free addends) | record (one input each)
-    trigger_rule_share: float = 0.0  # memorize=record: rule examples that end in a trigger
+    trigger_rule_share: float = 0.0  # rule examples that end in a trigger pair
 
     def validate(self) -> None:
         if self.perturbation not in ("swap", "resplit", "graded"):
