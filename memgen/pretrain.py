@@ -49,8 +49,10 @@ def copy_examples(tokens: list[str], n: int) -> list[Example]:
 
 
 class RuleOnlyTask:
-    """The configured task without its memorized examples (plus copy examples of its memorized
-    tokens, ``copy_ratio`` of the rule examples); everything else is delegated."""
+    """The configured task without its memorized examples and without rule examples that end
+    in a trigger (``trigger_rule_share``: they would teach the base to ignore triggers), plus
+    copy examples of its memorized tokens (``copy_ratio`` of the rule examples); everything
+    else is delegated."""
 
     def __init__(self, task: Task, copy_ratio: float = 0.05) -> None:
         self._task = task
@@ -60,7 +62,8 @@ class RuleOnlyTask:
         return getattr(self._task, name)
 
     def train_examples(self) -> list[Example]:
-        rule = [ex for ex in self._task.train_examples() if ex.kind == "rule"]
+        rule = [ex for ex in self._task.train_examples()
+                if ex.kind == "rule" and ex.meta.get("trigger") is None]
         examples = rule + copy_examples(self._task.memorized_tokens,
                                         round(self.copy_ratio * len(rule)))
         random.Random(f"pretrain:{self._task.seed}").shuffle(examples)
