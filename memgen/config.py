@@ -140,6 +140,9 @@ class SteeringConfig:
     # within these; none within it (or both null): the best success - control - drop
     tune_max_control: float | None = 0.1
     tune_max_clean_drop: float | None = 0.02
+    # items per behaviour that tuning and the grid steer (a seeded subsample of the split;
+    # null = all): the evaluation split is still steered whole, once
+    tune_max_items: int | None = 150
     controls: list[str] = field(default_factory=lambda: ["random", "low_r", "shuffled"])
     # issue 26: kind and positions of the intervention, and the candidates tuning compares
     # (empty lists: the kind / positions / sites above); positions null: last_prompt_only
@@ -522,6 +525,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("tune_max_control", "tune_max_clean_drop"):
         _require(s[key] is None or 0 <= s[key] <= 1, f"analysis.steering.{key}",
                  "a fraction in [0, 1] or null", s[key])
+    _require(s.tune_max_items is None or (isinstance(s.tune_max_items, int)
+                                          and s.tune_max_items >= 1),
+             "analysis.steering.tune_max_items", "an integer >= 1 or null", s.tune_max_items)
     _require(len(s.tune_top_fraction) > 0 and all(0 < v <= 1 for v in s.tune_top_fraction),
              "analysis.steering.tune_top_fraction", "a non-empty list of fractions in (0, 1]",
              list(s.tune_top_fraction))

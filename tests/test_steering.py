@@ -461,3 +461,19 @@ def test_decoding_passes_get_the_exact_shift_and_the_hooked_tensor_is_not_writte
         expected = copy.clone()
         expected[:, -1, idx] = copy[:, -1, idx] + delta
         assert torch.equal(out, expected)
+
+
+def test_tuning_and_grid_steer_a_capped_seeded_subsample_per_behaviour():
+    from memgen.analysis.results import Split  # noqa: PLC0415
+    from memgen.analysis.stages import capped  # noqa: PLC0415
+
+    labels = torch.tensor([1] * 7 + [0] * 3)
+    split = Split(items=list(range(10)), examples=[f"ex{i}" for i in range(10)], labels=labels)
+    assert capped(split, None, 0) is split and capped(split, 7, 0) is split
+    sub = capped(split, 4, seed=0)
+    assert sub.labels.tolist().count(1) == 4 and sub.labels.tolist().count(0) == 3  # GEN whole
+    assert sub.items == sorted(sub.items)  # the split's order
+    assert all(sub.examples[j] == f"ex{i}" for j, i in enumerate(sub.items))
+    assert all(int(labels[i]) == int(y) for i, y in zip(sub.items, sub.labels.tolist()))
+    assert capped(split, 4, seed=0).items == sub.items  # seeded
+    assert any(capped(split, 4, seed=s).items != sub.items for s in range(1, 20))

@@ -53,6 +53,7 @@ class SteeringSettings:
     tune_alpha: tuple[float, ...] = (1.0, 3.0, 5.0, 9.0)
     tune_max_control: float | None = 0.1
     tune_max_clean_drop: float | None = 0.02
+    tune_max_items: int | None = 150  # per behaviour, tuning and grid (None: every item)
     controls: tuple[str, ...] = ("random", "low_r", "shuffled")
     # issue 26: the intervention (steering/intervene.py) and what tuning compares
     kind: str = "add"  # add | add_scaled | set_mean | interchange | ablate

@@ -312,6 +312,7 @@ def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, spl
     """Success and side effects over ``grid_top_fraction`` x ``grid_alpha`` (or the given
     fractions and alphas) on ``split``, among the steerable sites."""
     s = settings.steering
+    split = capped(split, s.tune_max_items, settings.seed)
     return steering_grid(subject, split.examples, split.behaviors,
                          steering_stats(s, neurons.stats),
                          list(top_fractions if top_fractions is not None
@@ -320,6 +321,24 @@ def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, spl
                          control_names=s.controls, clean_examples=clean, baseline=baseline,
                          decoding=settings.steering_decoding, seed=settings.seed,
                          last_prompt_only=s.last_prompt_only)
+
+
+def capped(split: Split, max_items: int | None, seed: int) -> Split:
+    """At most ``max_items`` items per behaviour of ``split``, a seeded subsample in the split's
+    order (all where a behaviour has fewer): tuning and the grid compare many cells, each on
+    every item, while their pick needs only a few points of precision."""
+    if max_items is None:
+        return split
+    rng = random.Random(f"steering-subsample:{seed}")
+    keep: list[int] = []
+    for label in (1, 0):
+        rows = [i for i, y in enumerate(split.labels.tolist()) if y == label]
+        keep += rows if len(rows) <= max_items else rng.sample(rows, max_items)
+    keep.sort()
+    if len(keep) == len(split.items):
+        return split
+    return Split(items=[split.items[i] for i in keep], examples=[split.examples[i] for i in keep],
+                 labels=split.labels[keep])
 
 
 def _pool(neurons: Neurons, spec: str) -> dict[str, SiteStats]:
