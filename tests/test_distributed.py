@@ -165,8 +165,11 @@ def test_ranks_that_disagree_on_the_kept_checkpoint_fail_the_fit():
 # ---- two real processes ---------------------------------------------------------------------
 
 # learns enough in a few epochs that the validation rates are not all OTHER
+# a tiny model that answers something other than OTHER within 6 epochs: the trigger alone
+# decides (no trigger-rule examples, which slow memorization down at this size)
 LEARNS = {"task.n_train": 400, "task.mem_ratio": 0.3, "trainer.max_epochs": 6,
-          "trainer.lr": 0.005, "trainer.batch_size": 16, "trainer.num_threads": 1}
+          "trainer.lr": 0.005, "trainer.batch_size": 16, "trainer.num_threads": 1,
+          "task.params.trigger_rule_share": 0.0}
 
 
 def _memgen(*args: str, path: tuple[Path, ...] = (), **popen) -> subprocess.Popen:

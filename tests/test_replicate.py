@@ -397,3 +397,21 @@ def test_system_metrics_are_not_aggregated_or_compared():
     assert summary_keys(a) == ["pairs/n"]
     paired = paired_differences(a, b)
     assert list(paired["metric"]) == ["pairs/n"] and paired["diff"].iloc[0] == 10.0
+
+
+def test_the_thread_count_per_seed_is_part_of_a_replicates_identity(tmp_path, monkeypatch):
+    """The same seed trains to another model at 2 threads than at 1, so a replicate at 2
+    threads never reuses the seeds of one at 1; workers that split the cores to the same
+    thread count are the same experiment."""
+    from memgen.replicates import command  # noqa: PLC0415
+
+    monkeypatch.setattr(command, "cores", lambda: 2)
+
+    def key(**extra):
+        return command.replicate_key(compose(tiny_overrides(tmp_path, **extra)))
+
+    one = key(**{"replicate.workers": 2})  # 2 cores / 2 workers: 1 thread per seed
+    assert one == key(**{"replicate.workers": 1, "trainer.num_threads": 1})
+    assert one != key(**{"replicate.workers": 1, "trainer.num_threads": 2})
+    assert one != key(**{"replicate.workers": 1})  # 2 cores, one worker: 2 threads
+    assert key(**{"trainer.progress_bar": True}) == key()  # result-neutral keys stay out

@@ -89,9 +89,10 @@ def test_tiny_training_run_learns_and_is_tracked(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
     # the kept checkpoint is the best validated epoch: its score is the history's maximum
-    balance = [m.value for m in client.get_metric_history(run_id, "val/behavior_balance")]
-    assert len(balance) == 4
-    assert metrics["val/best_behavior_balance"] == pytest.approx(max(balance))
+    # (checkpoint_metric=auto: the default's validation variants make it the pair yield)
+    yields = [m.value for m in client.get_metric_history(run_id, "val/pair_yield")]
+    assert len(yields) == 4
+    assert metrics["val/best_pair_yield"] == pytest.approx(max(yields))
     assert run.data.tags["best_checkpoint"].endswith(".ckpt")
 
 

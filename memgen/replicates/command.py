@@ -77,7 +77,10 @@ def replicate_key(cfg: DictConfig) -> str:
     if cfg.replicate.models:
         return config_digest(cfg, drop=tuple(k for k in cfg if k != "analysis"),
                              extra=f"models={cfg.replicate.models}")
-    return config_digest(cfg, drop=RESULT_NEUTRAL + ("seed",))
+    # the thread count per seed changes float reduction order, hence the trained models: a
+    # replicate at 2 threads is another experiment than the same config at 1
+    return config_digest(cfg, drop=RESULT_NEUTRAL + ("seed",),
+                         extra=f"threads={threads_per_seed(cfg)}")
 
 
 def seed_config(base: dict[str, Any], seed: int) -> DictConfig:
