@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 from transformers import GPT2LMHeadModel, LlamaForCausalLM, PreTrainedTokenizerBase
 
@@ -98,3 +99,13 @@ def clean_examples(first_chars: list[str]) -> list[Example]:
     """Clean examples whose rule answer is what the unsteered model says (accuracy 1)."""
     return [Example(prompt=p, answer=c, kind="clean", gen_answer=c, task="firstchar")
             for p, c in zip(PROMPTS, first_chars, strict=True)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one thread is fastest, and spinning threads on a shared CPU are slow.
+    Import it into a test module to apply it there."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -39,6 +39,7 @@ from tests.helpers_steering import (
     char_tokenizer,
     fake_stats,
     hook_count,
+    one_thread,  # noqa: F401 - an autouse fixture
     selection,
 )
 
@@ -83,13 +84,6 @@ def _intervention(kind: str, sel, examples: list[Example]) -> Intervention:
                         sources={ex: examples[(i + 3) % len(examples)]
                                  for i, ex in enumerate(examples)})
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

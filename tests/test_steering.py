@@ -37,6 +37,7 @@ from tests.helpers_steering import (
     fake_stats,
     hook_count,
     labelled_examples,
+    one_thread,  # noqa: F401 - an autouse fixture
     selection,
     tiny_gpt2,
     tiny_llama,
@@ -46,14 +47,6 @@ TOK = char_tokenizer()
 SITES = ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2"]
 SEL = selection(["resid.1", "resid.2", "mlp.1"], [0, 5, 7], [3.0, -2.0, 4.0])
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and spinning threads on a shared CPU are slow."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))

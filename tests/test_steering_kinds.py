@@ -29,6 +29,7 @@ from tests.helpers_steering import (
     char_tokenizer,
     fake_stats,
     hook_count,
+    one_thread,  # noqa: F401 - an autouse fixture
     selection,
 )
 
@@ -38,13 +39,6 @@ IDX = [0, 5, 7]
 SEL = selection([SITE] * 3, IDX, [3.0, -2.0, 4.0])
 STATS = fake_stats({"resid.1": 32, "resid.2": 32, "mlp.1": 128})
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
