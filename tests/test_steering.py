@@ -470,3 +470,28 @@ def test_tuning_and_grid_steer_a_capped_seeded_subsample_per_behaviour():
     assert [int(labels[i]) for i in sub.items] == sub.labels.tolist()
     assert capped(split, 4, seed=0).items == sub.items  # seeded
     assert any(capped(split, 4, seed=s).items != sub.items for s in range(1, 20))
+
+
+def test_run_grid_steers_the_capped_subsample(monkeypatch):
+    """Tuning and the grid go through run_grid: it hands steering_grid the capped split."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from memgen.analysis import stages  # noqa: PLC0415
+    from memgen.analysis.results import Split  # noqa: PLC0415
+    from memgen.analysis.settings import AnalysisSettings, SteeringSettings  # noqa: PLC0415
+    from memgen.tasks.base import Behavior  # noqa: PLC0415
+
+    seen = {}
+    monkeypatch.setattr(stages, "steering_stats", lambda steering, stats: {})
+    def grid(subject, examples, behaviors, *args, **kwargs):
+        seen["n"] = [len(examples), behaviors.count(Behavior.MEM)]
+
+    monkeypatch.setattr(stages, "steering_grid", grid)
+    split = Split(items=list(range(10)), examples=[f"ex{i}" for i in range(10)],
+                  labels=torch.tensor([1] * 7 + [0] * 3))
+    neurons = SimpleNamespace(stats={})
+    for cap, expected in ((4, [7, 4]), (None, [10, 7])):
+        seen.clear()
+        settings = AnalysisSettings(steering=SteeringSettings(tune_max_items=cap))
+        stages.run_grid(None, settings, neurons, split, [])
+        assert seen["n"] == expected
