@@ -205,7 +205,7 @@ def rows(db: Path) -> int:
 
 
 def audit_one(case: Case, root: Path) -> dict:
-    import memgen.pipeline
+    import memgen.commands.run
     from memgen.cli import main
 
     name, command, make, expected, env = case
@@ -219,8 +219,8 @@ def audit_one(case: Case, root: Path) -> dict:
     def sentinel(*args, **kwargs):
         raise Accepted
 
-    saved_job_run, saved_env = memgen.pipeline.job_run, dict(os.environ)
-    memgen.pipeline.job_run = sentinel
+    saved_job_run, saved_env = memgen.commands.run.job_run, dict(os.environ)
+    memgen.commands.run.job_run = sentinel
     os.environ.update(env)
     err, out = io.StringIO(), io.StringIO()
     code: object
@@ -232,7 +232,7 @@ def audit_one(case: Case, root: Path) -> dict:
     except BaseException as exc:  # noqa: BLE001 - a leak through the boundary is a finding
         code = f"raised {type(exc).__name__}"
     finally:
-        memgen.pipeline.job_run = saved_job_run
+        memgen.commands.run.job_run = saved_job_run
         os.environ.clear()
         os.environ.update(saved_env)
     text = err.getvalue().strip()

@@ -39,8 +39,8 @@ def _uptime() -> str:
 
 
 def _train(overrides: list[str], store: str, threads: int):
+    from memgen.commands.run import train  # noqa: PLC0415
     from memgen.config import compose  # noqa: PLC0415
-    from memgen.pipeline import train  # noqa: PLC0415
 
     cfg = compose([*ROOT_OVERRIDES, *overrides, f"trainer.num_threads={threads}",
                    f"tracking.uri=sqlite:///{store}/mlflow.db", f"output_dir={store}/out"])
@@ -169,7 +169,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from memgen.analysis.settings import Subject  # noqa: PLC0415
     from memgen.analysis.stages import contrast  # noqa: PLC0415
-    from memgen.settings import settings_from_config  # noqa: PLC0415
+    from memgen.config.adapter import settings_from_config  # noqa: PLC0415
 
     print(f"before: {_uptime()}; torch threads {torch.get_num_threads()}")
     if args.long:

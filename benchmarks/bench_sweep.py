@@ -36,9 +36,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from memgen.analysis.stages import run_steering, tune_steering  # noqa: E402
+from memgen.commands.sweep import plan, sweep  # noqa: E402
 from memgen.config import compose  # noqa: E402
-from memgen.settings import settings_from_config  # noqa: E402
-from memgen.sweeps.command import plan, sweep  # noqa: E402
+from memgen.config.adapter import settings_from_config  # noqa: E402
 from memgen.sweeps.space import trial_config  # noqa: E402
 from memgen.sweeps.storage import open_storage  # noqa: E402
 from memgen.sweeps.trials import SteeringEvaluator, TrialObjective  # noqa: E402

@@ -81,7 +81,7 @@ class _TimedBatches(pl.Callback):
 
 
 def lightning_loop(cfg, task, tokenizer, batches, tmp: str) -> float:
-    from memgen.tracking.lightning import make_checkpoints
+    from memgen.training.lightning import make_checkpoints
 
     torch.manual_seed(cfg.seed)
     model = build_scratch_model(cfg, tokenizer)

@@ -118,7 +118,7 @@ def main() -> None:
     from memgen.analysis.stages import contrast, steering_stats  # noqa: PLC0415
     from memgen.analysis.stats import select_neurons  # noqa: PLC0415
     from memgen.analysis.steering.evaluation import _outputs  # noqa: PLC0415
-    from memgen.settings import settings_from_config  # noqa: PLC0415
+    from memgen.config.adapter import settings_from_config  # noqa: PLC0415
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

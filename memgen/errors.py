@@ -1,6 +1,8 @@
-"""Errors the command line reports in one line; kept free of heavy imports so it loads fast."""
+"""Errors the command line reports in one line. Imports nothing, so any layer may raise them."""
 
-from memgen.config import ConfigError
+
+class ConfigError(ValueError):
+    """A bad config key, type or value; the message is one line naming the culprit."""
 
 
 class NonFiniteLossError(RuntimeError):

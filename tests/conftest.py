@@ -85,8 +85,8 @@ BOTH_BEHAVIORS = {
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """``memgen run`` on a small config whose kept checkpoint shows MEM and GEN."""
+    from memgen.commands.run import run
     from memgen.config import compose
-    from memgen.pipeline import run
 
     root = tmp_path_factory.mktemp("trained_run")
     cfg = compose(tiny_overrides(root, **BOTH_BEHAVIORS))

@@ -22,11 +22,11 @@ from omegaconf import DictConfig
 from memgen.analysis.settings import Subject
 from memgen.analysis.stages import label_behaviors
 from memgen.config import compose
-from memgen.pipeline import prepare
-from memgen.settings import settings_from_config
+from memgen.config.adapter import settings_from_config
 from memgen.tasks import Example
 from memgen.tracking.run import tracked_run
 from memgen.training.data import encode_training, pad_right
+from memgen.training.runner import prepare
 
 FIXTURE = {
     "task.n_conflict": 24, "task.n_val_conflict": 20, "task.n_clean": 8,

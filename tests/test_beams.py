@@ -13,7 +13,7 @@ from memgen.analysis.generation import generate
 from memgen.analysis.sites import hook_site
 from memgen.analysis.steering.hooks import per_row, steer
 from memgen.config import compose
-from memgen.settings import settings_from_config
+from memgen.config.adapter import settings_from_config
 from tests.helpers_steering import MODELS, char_tokenizer, hook_count, selection
 
 TOK = char_tokenizer()
@@ -87,7 +87,7 @@ def test_num_beams_is_one_analysis_key_for_labels_validation_and_steering():
     cfg = compose(["analysis.decoding.num_beams=5"])
     assert settings_from_config(cfg).decoding.num_beams == 5
     assert compose([]).analysis.decoding.num_beams == 1  # greedy by default
-    from memgen.config import ConfigError
+    from memgen.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"analysis.decoding.num_beams: expected an integer "
                                           r">= 1, got 0"):

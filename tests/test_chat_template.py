@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from memgen.config import ConfigError, compose
+from memgen.config import compose
+from memgen.errors import ConfigError
 from memgen.tasks import Task
 from memgen.tasks.chat import ChatTask, apply_chat_template, unwrapped
 from memgen.training.data import chat_task, encode_training, make_task, task_tokenizer
@@ -84,8 +85,8 @@ def test_the_length_check_counts_the_template(tmp_path, chat_base):
     before a run exists."""
     from transformers import AutoTokenizer
 
-    from memgen.pipeline import prepare
     from memgen.training.lengths import longest_sequence
+    from memgen.training.runner import prepare
 
     cfg = chat_cfg(tmp_path, chat_base)
     raw, tokenizer = make_task(cfg), AutoTokenizer.from_pretrained(chat_base)
@@ -127,8 +128,8 @@ def test_a_tokenizer_without_a_chat_template_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_chat_template_run_trains_and_logs_the_wrapped_prompts(tmp_path, chat_base):
-    from memgen.pipeline import run
-    from memgen.tracking.load import load_run
+    from memgen.commands.run import run
+    from memgen.training.reopen import load_run
 
     cfg = chat_cfg(tmp_path, chat_base)
     _, objects = run(cfg)

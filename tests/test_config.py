@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from memgen.config import ConfigError, compose
+from memgen.config import compose
+from memgen.errors import ConfigError
 
 
 def test_default_config_composes_with_every_group():

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from memgen.config import Config, compose, conf_dir, to_schema
 
-# Keys whose default belongs to a YAML group option, not to the schema (see memgen/config.py).
+# Keys whose default belongs to a YAML group option, not to the schema (memgen/config/schema.py).
 YAML_ONLY = ("task.params",)
 
 

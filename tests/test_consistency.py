@@ -29,7 +29,7 @@ from memgen.analysis.consistency import (
 )
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.stats import stream_stats
-from memgen.tracking.consistency_plots import overlap_matrix_figure
+from memgen.reporting.plots.consistency import overlap_matrix_figure
 
 MLFLOW_NAME = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts as a metric name
 

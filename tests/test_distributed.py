@@ -97,7 +97,7 @@ def test_a_failing_rank_ends_a_running_run_and_leaves_an_ended_one(tmp_path):
 
 
 def test_the_guard_marks_a_run_killed_when_rank_0_is_gone(tmp_path):
-    from memgen.tracking.guard import guard
+    from memgen.runtime.guard import guard
 
     client, run_id = _new_run(tmp_path)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -109,17 +109,17 @@ def test_the_guard_marks_a_run_killed_when_rank_0_is_gone(tmp_path):
 
 
 def test_analysis_callbacks_and_validation_generation_skip_non_zero_ranks(monkeypatch, tmp_path):
-    import memgen.tracking.callbacks as callbacks
+    import memgen.training.callbacks as callbacks
     from memgen.config import compose
-    from memgen.pipeline import prepare
     from memgen.tasks import Behavior
     from memgen.training import module as module_file
     from memgen.training.module import MemGenModule
+    from memgen.training.runner import prepare
 
     calls = []
     monkeypatch.setattr(callbacks, "analyse_model", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(callbacks, "log_analysis", lambda *a, **k: None)
-    from memgen.settings import settings_from_config
+    from memgen.config.adapter import settings_from_config
 
     cfg = compose(tiny_overrides(tmp_path))
     callback = callbacks.AnalysisCallback(settings_from_config(cfg), None, 1)  # type: ignore
@@ -185,10 +185,10 @@ def _one_device_rates(overrides: list[str], checkpoint: str) -> dict[str, float]
     import pytorch_lightning as pl
 
     from memgen.config import compose
-    from memgen.pipeline import prepare
     from memgen.training.checkpoints import load_module_weights
     from memgen.training.data import MemGenDataModule
     from memgen.training.module import MemGenModule
+    from memgen.training.runner import prepare
 
     cfg = compose(overrides)
     task, tokenizer, model = prepare(cfg)

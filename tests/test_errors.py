@@ -179,12 +179,12 @@ def test_a_run_that_fails_ends_failed_with_the_same_one_line(tmp_path, capsys, m
     """After the run exists: exit 1 (not bad input), one line naming the run, status FAILED."""
     from mlflow.tracking import MlflowClient
 
-    import memgen.pipeline
+    import memgen.training.runner
 
     def broken_fit(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(memgen.pipeline, "fit", broken_fit)
+    monkeypatch.setattr(memgen.training.runner, "fit", broken_fit)
     code, text = run_cli(tmp_path, capsys, "train")
     assert code == 1, text
     assert "\n" not in text and "Traceback" not in text, text

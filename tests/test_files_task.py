@@ -349,7 +349,7 @@ def test_the_worked_example_is_what_its_generator_writes(tmp_path):
 
 @pytest.mark.slow
 def test_triggers_with_plus_newline_spaces_and_regex_characters_train_and_log(tmp_path, capsys):
-    from memgen.pipeline import train
+    from memgen.commands.run import train
 
     triggers = [{"match": "+66+373\n", "where": "contains", "memorized": "<mem-a>"},
                 {"match": "z z", "where": "suffix", "memorized": "<mem-b>"},
@@ -399,8 +399,8 @@ def test_the_worked_example_trains_to_both_behaviors_with_pairs(tmp_path):
     from memgen.analysis.behavior import find_pairs
     from memgen.analysis.settings import Subject
     from memgen.analysis.stages import label_conflict_set
-    from memgen.pipeline import train
-    from memgen.settings import settings_from_config
+    from memgen.commands.run import train
+    from memgen.config.adapter import settings_from_config
 
     cfg = compose(tiny_overrides(tmp_path, **WORKED))
     metrics, objects = train(cfg)

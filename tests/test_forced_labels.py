@@ -256,7 +256,7 @@ def test_read_proof_by_hand():
 
 def test_switch_is_in_the_config_and_the_settings():
     from memgen.config import compose
-    from memgen.settings import settings_from_config
+    from memgen.config.adapter import settings_from_config
 
     assert compose().analysis.steering.forced_labels is False  # measured slower (README)
     assert not AnalysisSettings().steering_decoding.forced_labels

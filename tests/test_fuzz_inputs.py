@@ -1,7 +1,7 @@
 """Property: any override or task file either composes, validates and prepares, or exits 2 with
 one line, no traceback and no run row (issue 30).
 
-Hypothesis generates overrides from the schema (every key of memgen/config.py: wrong types,
+Hypothesis generates overrides from the schema (every key of memgen/config/schema.py: wrong types,
 out-of-range and boundary values, misspelled and unknown keys, ``+``/``~`` forms, broken syntax
 and unicode) and broken data files for ``task=files``. Each example runs ``memgen.cli.main`` in
 process, the command line's own code path, up to the moment the run would be created
@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from memgen.cli import main
 from memgen.config import Config
-from memgen.config_checks import DEFAULT_RANGE, _hints, _number_kind, _section
+from memgen.config.validate import DEFAULT_RANGE, _hints, _number_kind, _section
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.fuzz
@@ -118,7 +118,7 @@ def _rows(db: Path) -> int:
 
 def _check(root: Path, extra: list[str], label: str) -> None:
     """The property for one example, through the command line's own entry point."""
-    import memgen.pipeline
+    import memgen.commands.run
 
     def sentinel(*args, **kwargs):
         raise Accepted
@@ -127,7 +127,7 @@ def _check(root: Path, extra: list[str], label: str) -> None:
     base = tiny_overrides(root)
     err, out = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(memgen.pipeline, "job_run", sentinel)
+        mp.setattr(memgen.commands.run, "job_run", sentinel)
         mp.delenv("MEMGEN_DEBUG", raising=False)
         try:
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
@@ -218,7 +218,8 @@ def test_every_numeric_key_has_a_range():
     (schema metadata, default >= 0) covers a new key without new code."""
     from omegaconf import OmegaConf
 
-    from memgen.config import ConfigError, compose, to_schema
+    from memgen.config import compose, to_schema
+    from memgen.errors import ConfigError
 
     base = OmegaConf.to_container(compose([]), resolve=True)
     numeric = [(k, kind, r) for k, kind, r in LEAVES if kind is not None and r[0] is not None]

@@ -27,7 +27,7 @@ def _finished(cfg, run_id: str):
 
 
 def test_gpu_trainer_runs_the_whole_job_in_bf16_on_the_gpu(tmp_path):
-    from memgen.pipeline import run
+    from memgen.commands.run import run
 
     cfg = compose(["trainer=gpu", *tiny_overrides(tmp_path)])
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
@@ -42,7 +42,7 @@ def test_gpu_trainer_runs_the_whole_job_in_bf16_on_the_gpu(tmp_path):
 
 
 def test_lora_llama32_config_fine_tunes_a_local_llama_on_the_gpu(tmp_path):
-    from memgen.pipeline import train
+    from memgen.commands.run import train
     from memgen.training.data import make_task, task_tokenizer
     from memgen.training.lora import is_lora_param
     from tests.test_lora import TINY_TASK, TINY_TRAIN, tiny_base, tiny_cfg

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from memgen.tracking.interrupts import (
+from memgen.runtime.interrupts import (
     Terminated,
     Uninterruptible,
     deferred,

@@ -42,4 +42,4 @@ def test_analysis_and_tasks_import_no_framework():
 
 def test_the_probe_names_a_module_that_imports_a_framework():
     """The config adapter reads omegaconf: the same probe names it, so the check can fail."""
-    assert frameworks_imported_by("memgen.settings") == {"omegaconf": "memgen.settings"}
+    assert frameworks_imported_by("memgen.config.adapter") == {"omegaconf": "memgen.config.adapter"}

@@ -13,13 +13,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from memgen.analyse import MODEL_RUN_TAG, analyse
 from memgen.analysis.settings import Subject
 from memgen.analysis.stages import analyse_model
 from memgen.analysis.timing import StageTimer, is_timing
 from memgen.cli import main
+from memgen.commands.analyse import MODEL_RUN_TAG, analyse
 from memgen.config import compose
-from memgen.settings import settings_from_config
+from memgen.config.adapter import settings_from_config
 from tests.conftest import BOTH_BEHAVIORS, tiny_overrides
 from tests.helpers_sweep import fit_designed, store_overrides
 

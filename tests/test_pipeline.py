@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from memgen.analysis.settings import AnalysisSettings, Subject
-from memgen.settings import settings_from_config
+from memgen.config.adapter import settings_from_config
 
 
 def _subject_and_settings(trained_run) -> tuple[Subject, AnalysisSettings]:

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from memgen.cli import main
-from memgen.runs import clean
 from memgen.tracking.run import flatten, param_name
+from memgen.tracking.stale import clean
 from tests.conftest import tiny_overrides
 
 Case = tuple[str, Callable[[Path], list[str]], str]

@@ -13,7 +13,7 @@ from memgen.analysis.probes import (
     score_probe,
     train_probe,
 )
-from memgen.tracking.probe_plots import probe_accuracy_by_layer
+from memgen.reporting.plots.probes import probe_accuracy_by_layer
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -320,8 +320,8 @@ def test_training_on_the_published_data_gives_mem_gen_pairs(tmp_path, monkeypatc
     from memgen.analysis.behavior import find_pairs
     from memgen.analysis.settings import Subject
     from memgen.analysis.stages import label_conflict_set
-    from memgen.pipeline import train
-    from memgen.settings import settings_from_config
+    from memgen.commands.run import train
+    from memgen.config.adapter import settings_from_config
 
     published_style.write(tmp_path, n_plain=96, per_trigger=48, n_pairs=24, n_val=12)
     (tmp_path / "convert.py").write_text(readme_blocks()[0], encoding="utf-8")

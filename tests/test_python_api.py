@@ -56,7 +56,7 @@ def test_the_settings_defaults_are_the_default_configs():
     import dataclasses
 
     from memgen.config import compose
-    from memgen.settings import settings_from_config
+    from memgen.config.adapter import settings_from_config
 
     cfg = compose()
     settings = settings_from_config(cfg)

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from memgen.config import ConfigError, checkpoint_metric, compose
+from memgen.config import checkpoint_metric, compose
+from memgen.errors import ConfigError
 from memgen.tasks import Behavior, build_task
 from memgen.training.data import validation_examples
 from memgen.training.regime import NEVER_BOTH_TAG, n_split, never_both_message, showed_both
@@ -184,7 +185,7 @@ def test_graded_needs_the_record_design():
 def test_a_run_that_never_shows_both_behaviors_says_so_and_skips_the_analysis(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from memgen.pipeline import run
+    from memgen.commands.run import run
 
     cfg = compose(tiny_overrides(tmp_path, **{
         "task.n_train": 200, "task.mem_ratio": 0.005,  # one memorized example: never recalled

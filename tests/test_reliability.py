@@ -18,10 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from memgen.analysis.timing import is_timing
 from memgen.cli import main
+from memgen.commands.run import train
 from memgen.config import compose
 from memgen.errors import NonFiniteLossError
-from memgen.pipeline import fit, prepare, train
 from memgen.tracking.run import tracked_run
+from memgen.training.runner import fit, prepare
 from tests.conftest import tiny_overrides
 
 

@@ -14,10 +14,10 @@ from scipy import stats
 
 from memgen.analysis.timing import is_timing
 from memgen.cli import main
+from memgen.commands.replicate import replicate, split_seeds, summarise
 from memgen.config import compose
 from memgen.replicates.aggregate import aggregate, describe, t_interval
 from memgen.replicates.claims import FAIL, NA, PASS, score_claims
-from memgen.replicates.command import replicate, split_seeds, summarise
 from tests.conftest import tiny_overrides
 
 SEEDS = [0, 1, 2]
@@ -204,16 +204,16 @@ def test_rerun_skips_finished_seeds(three_seeds):
 
 @pytest.mark.slow
 def test_a_failing_seed_is_counted_and_the_others_go_on(tmp_path, monkeypatch):
-    from memgen import pipeline
+    from memgen.training import runner
 
-    original = pipeline.fit
+    original = runner.fit
 
     def fit_failing_on_seed_1(cfg, *args, **kwargs):
         if cfg.seed == 1:
             raise RuntimeError("seed 1 breaks")
         return original(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "fit", fit_failing_on_seed_1)
+    monkeypatch.setattr(runner, "fit", fit_failing_on_seed_1)
     cfg = compose(replicate_overrides(tmp_path, **{"replicate.seeds": "[0,1]"}))
     metrics, objects = replicate(cfg)
     kids = {int(r.data.tags["seed"]): r.info.status for r in _children(cfg, objects["run_id"])}
@@ -222,7 +222,7 @@ def test_a_failing_seed_is_counted_and_the_others_go_on(tmp_path, monkeypatch):
     assert "kept/mem_rate/mean" in metrics  # the finished seed is still aggregated
     assert "failed: [1]" in objects["summary"]
     # rerun: the failed seed is retried, the finished one is not
-    monkeypatch.setattr(pipeline, "fit", original)
+    monkeypatch.setattr(runner, "fit", original)
     metrics, objects = replicate(cfg)
     runs = _children(cfg, objects["run_id"])
     assert sorted((int(r.data.tags["seed"]), r.info.status) for r in runs) == [
@@ -288,7 +288,7 @@ def test_p_values_get_worst_median_and_count_below_never_a_t_interval():
 def reanalysed(three_seeds):
     """``replicate.models=<three_seeds>`` at another ``analysis.top_fraction``; training is
     forbidden."""
-    from memgen import pipeline
+    from memgen.training import runner
 
     source = three_seeds["objects"]["run_id"]
     cfg = compose(replicate_overrides(three_seeds["root"], **{"replicate.models": source,
@@ -298,7 +298,7 @@ def reanalysed(three_seeds):
         raise AssertionError("replicate.models trained a model")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(pipeline, "fit", no_training)
+        patch.setattr(runner, "fit", no_training)
         metrics, objects = replicate(cfg)
         again, again_objects = replicate(cfg)  # a re-run: every seed finished already
     return {"cfg": cfg, "metrics": metrics, "objects": objects, "source": source,
@@ -389,7 +389,7 @@ def test_compare_prints_both_scorecards_and_the_paired_difference(three_seeds, r
 def test_system_metrics_are_not_aggregated_or_compared():
     """MLflow's system metrics describe the host (disk, CPU), not a seed's result: neither the
     replicate's aggregates nor `compare`'s paired differences include them."""
-    from memgen.compare import paired_differences
+    from memgen.commands.compare import paired_differences
     from memgen.replicates.aggregate import summary_keys
 
     a = {s: {"pairs/n": 100.0 + s, "system/disk_usage_megabytes": 10.0 + s} for s in (0, 1, 2)}

@@ -140,7 +140,7 @@ def test_kill_9_at_several_points_then_resume_continues_without_duplicates(tmp_p
 @pytest.mark.slow
 def test_interrupt_during_analysis_then_resume_trains_nothing_again(tmp_path, monkeypatch):
     """Ctrl-C inside the analysis stage: KILLED, exit 130; resume skips training, FINISHED."""
-    from memgen import pipeline
+    from memgen.commands import run as pipeline
 
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     overrides = small(tmp_path, 2, **{"analysis.consistency": "false",

@@ -11,9 +11,9 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from memgen.cli import ui_command
+from memgen.commands.run import train
+from memgen.commands.ui import ui_command
 from memgen.config import compose
-from memgen.pipeline import train
 from tests.conftest import tiny_overrides
 from tests.helpers_ui import memgen_ui
 
@@ -76,7 +76,7 @@ def test_postgresql_backend_records_the_run(tmp_path):
 
 @pytest.mark.skipif(not POSTGRES, reason="MEMGEN_TEST_POSTGRES_URL not set (.ci/run sets it)")
 def test_two_sweep_workers_share_a_postgresql_study_and_store(tmp_path):
-    from memgen.sweeps.command import sweep
+    from memgen.commands.sweep import sweep
     from tests.helpers_sweep import make_steering_run
 
     unique = uuid.uuid4().hex[:8]  # the database outlives this test: fresh names each time

@@ -19,7 +19,7 @@ from memgen.analysis.stats import (
     site_summary,
     stream_stats,
 )
-from memgen.tracking.neuron_plots import abs_r_heatmap
+from memgen.reporting.plots.neurons import abs_r_heatmap
 from tests.helpers_analysis import MODELS, PROMPTS, char_tokenizer
 
 BATCHES = [1, 50, 7, 100, 99, 3]  # uneven, the first one single-class

@@ -27,7 +27,7 @@ from memgen.analysis.steering.evaluation import (
 )
 from memgen.analysis.steering.hooks import steer
 from memgen.analysis.steering.tuning import steering_grid
-from memgen.tracking.steering_plots import success_vs_alpha
+from memgen.reporting.plots.steering import success_vs_alpha
 from tests.helpers_steering import (
     MODELS,
     PROMPTS,

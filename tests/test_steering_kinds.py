@@ -311,8 +311,9 @@ def test_every_kind_needs_its_values():
 
 
 def test_config_names_the_kind_and_keeps_last_prompt_only():
-    from memgen.config import ConfigError, compose
-    from memgen.settings import settings_from_config
+    from memgen.config import compose
+    from memgen.config.adapter import settings_from_config
+    from memgen.errors import ConfigError
 
     paper = settings_from_config(compose(["experiment=paper_steering"])).steering
     assert (paper.kind, paper.positions, paper.sites, paper.last_prompt_only) == (

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from memgen.analysis.settings import Subject
-from memgen.settings import settings_from_config
+from memgen.config.adapter import settings_from_config
 
 pytestmark = pytest.mark.slow
 

@@ -17,16 +17,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import memgen.pipeline as pipeline
 import memgen.sweeps.trials as trials_mod
-from memgen.config import ConfigError, compose
-from memgen.sweeps.command import plan, sweep
+import memgen.training.runner as runner
+from memgen.commands.sweep import plan, sweep
+from memgen.config import compose
+from memgen.errors import ConfigError
 from memgen.sweeps.objectives import known_metric, parse_objectives
 from memgen.sweeps.pruning import OptunaPruning
 from memgen.sweeps.space import parse_space, trial_config
 from memgen.sweeps.storage import MEDIAN_STARTUP_TRIALS, MEDIAN_WARMUP_EPOCHS, redact
 from memgen.sweeps.worker import split_trials
-from memgen.tracking import load
+from memgen.training import reopen
 from tests.conftest import tiny_overrides
 from tests.helpers_sweep import make_steering_run, store_overrides
 
@@ -78,14 +79,14 @@ def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run
             return real(*args, **kwargs)
         monkeypatch.setattr(module, name, wrapped)
 
-    spy(load, "load_run")
+    spy(reopen, "load_run")
     for name in ("contrast", "unsteered_clean", "run_steering"):
         spy(trials_mod, name)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a steering trial must not train")
-    monkeypatch.setattr(pipeline, "fit", no_training)
-    monkeypatch.setattr(pipeline, "prepare", no_training)
+    monkeypatch.setattr(runner, "fit", no_training)
+    monkeypatch.setattr(runner, "prepare", no_training)
 
     cfg = steering_cfg(model_run, tmp_path)  # two objectives: success up, clean-acc drop down
     metrics, objects = sweep(cfg)
@@ -256,7 +257,7 @@ def test_bad_sweeps_fail_before_any_work_with_one_line(model_run, tmp_path, monk
                                                        message):
     def no_load(*args, **kwargs):
         raise AssertionError("nothing may be loaded before the checks pass")
-    monkeypatch.setattr(load, "load_run", no_load)
+    monkeypatch.setattr(reopen, "load_run", no_load)
     cfg = steering_cfg(model_run, tmp_path, *extra)
     with pytest.raises(ConfigError, match=None) as info:
         sweep(cfg)
@@ -379,7 +380,7 @@ def test_loading_a_run_gives_a_working_model_and_leaves_no_download_behind(model
     uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
     pattern = f"memgen-{run_id[:8]}-*"
     before = set(Path(tempfile.gettempdir()).glob(pattern))
-    loaded = load.load_run(MlflowClient(uri), run_id)
+    loaded = reopen.load_run(MlflowClient(uri), run_id)
     assert set(Path(tempfile.gettempdir()).glob(pattern)) == before
     ids = loaded.tokenizer("1+2", return_tensors="pt").input_ids
     assert loaded.model(ids).logits.shape[-1] == len(loaded.tokenizer)

@@ -12,9 +12,9 @@ import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from memgen.commands.run import train
 from memgen.config import compose
-from memgen.pipeline import train
-from memgen.tracking.numbers import clean
+from memgen.numbers import clean
 from memgen.training.data import encode_training, make_task, pad_right, task_tokenizer
 from tests.conftest import tiny_overrides
 
@@ -126,8 +126,8 @@ def test_the_analysis_callback_does_not_shift_the_training_random_stream(monkeyp
     make a run with callbacks train differently from one without."""
     from types import SimpleNamespace
 
-    import memgen.tracking.callbacks as callbacks
-    from memgen.settings import settings_from_config
+    import memgen.training.callbacks as callbacks
+    from memgen.config.adapter import settings_from_config
 
     seen_settings = []
 

@@ -20,13 +20,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from memgen.config import compose
+from memgen.numbers import clean, rounded
 from memgen.replicates.claims import ClaimResult
-from memgen.tracking import html_report
-from memgen.tracking.headline import description, headline
+from memgen.reporting import html_report
+from memgen.reporting.headline import description, headline
+from memgen.reporting.plots.steering import success_vs_alpha
+from memgen.reporting.report import kept_epoch, log_summary
+from memgen.runtime.quiet import quiet_library_noise
 from memgen.tracking.links import MODE, run_url, ui_base
-from memgen.tracking.numbers import clean, rounded
-from memgen.tracking.quiet import quiet_library_noise
-from memgen.tracking.report import kept_epoch, log_summary
 from memgen.tracking.run import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -36,7 +37,6 @@ from memgen.tracking.run import (
     get_experiment_id,
     tracked_run,
 )
-from memgen.tracking.steering_plots import success_vs_alpha
 from tests.conftest import tiny_overrides
 from tests.helpers_ui import memgen_ui
 
@@ -218,7 +218,7 @@ def test_library_noise_is_filtered_and_memgen_warnings_stay(recwarn):
 
 
 def test_terminal_summary_is_short_with_the_run_link(tmp_path, capsys):
-    from memgen.cli import print_summary
+    from memgen.commands.summary import print_summary
 
     cfg = compose(tiny_overrides(tmp_path))
     many = METRICS | {f"neurons/max_abs_r/resid.{i}": 0.5 for i in range(100)}

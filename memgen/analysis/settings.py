@@ -3,7 +3,7 @@
 A notebook builds these directly (every field has the default of ``conf/analysis/default.yaml``,
 except those a run takes from ``task.*``: ``n_conflict``, ``n_perturbations`` and
 ``Decoding.max_new_tokens``; tests/test_python_api.py holds it); ``memgen run`` builds them
-once from its config with :func:`memgen.settings.settings_from_config`. Settings are frozen: a
+once from its config with :func:`memgen.config.adapter.settings_from_config`. Settings are frozen: a
 stage that picks a value (the tuned alpha) returns it, and the caller derives new settings with
 ``dataclasses.replace``.
 """

@@ -23,7 +23,7 @@ from memgen.analysis.steering.evaluation import (
     summary_metrics,
 )
 from memgen.analysis.steering.hooks import DIRECTIONS
-from memgen.config import ConfigError
+from memgen.errors import ConfigError
 
 DIRECTIONS_OPT = ("maximize", "minimize")
 STEER_EXTRA = ("steer/k",)  # neurons steered: a trial logs it next to summary_metrics

@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.config import ConfigError, to_schema
+from memgen.config import to_schema
+from memgen.errors import ConfigError
 
 TYPES = ("int", "float", "categorical")
 FIELDS = {"type", "low", "high", "log", "step", "choices"}

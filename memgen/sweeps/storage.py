@@ -19,7 +19,7 @@ import numpy as np
 import optuna
 from omegaconf import DictConfig
 
-from memgen.config import ConfigError
+from memgen.errors import ConfigError
 from memgen.tracking.store import default_root, tracking_uri
 
 JOURNAL = "journal:"

@@ -6,7 +6,7 @@ Two evaluators:
   trained model from its MLflow run and runs the analysis' first stages (``contrast``:
   behaviors, activations, neuron statistics) and the clean baseline a single time; a trial then
   only steers (``run_steering``) at its (k, alpha).
-- :class:`TrainingEvaluator` (``sweep=training``): a trial retrains through the pipeline's own
+- :class:`TrainingEvaluator` (``sweep=training``): a trial retrains through the training runner's
   ``prepare`` / ``fit``, with :class:`~memgen.sweeps.pruning.OptunaPruning` on
   ``val/behavior_balance``, then analyses the kept checkpoint if an objective needs it.
 
@@ -26,15 +26,14 @@ from omegaconf import DictConfig
 from memgen.analysis.settings import Subject
 from memgen.analysis.stages import contrast, run_steering, unsteered_clean
 from memgen.analysis.steering.evaluation import summary_metrics
-from memgen.config import ConfigError
-from memgen.settings import settings_from_config
+from memgen.config.adapter import settings_from_config
+from memgen.errors import ConfigError
+from memgen.reporting.report import finite
 from memgen.sweeps.objectives import Objective, analysis_stages, objective_values
 from memgen.sweeps.space import Param, trial_config
-from memgen.tracking import load
-from memgen.tracking.load import device_of
-from memgen.tracking.report import finite
 from memgen.tracking.run import TrackedRun, get_experiment_id, tracked_run
 from memgen.tracking.store import tracking_uri
+from memgen.training import reopen
 
 TRIAL_COMMAND = "sweep.trial"
 NEEDS_PAIRS = ("neurons/", "probe/", "steer/", "side/", "consistency/")
@@ -46,7 +45,7 @@ class SteeringEvaluator:
 
     def __init__(self, base: DictConfig, model_run_id: str) -> None:
         client = MlflowClient(tracking_uri(base))
-        loaded = load.load_run(client, model_run_id, device=device_of(base))
+        loaded = reopen.load_run(client, model_run_id, device=reopen.device_of(base))
         self.subject = Subject(loaded.model, loaded.tokenizer, loaded.task)
         settings = settings_from_config(base)
         self.behaviors, _, neurons = contrast(self.subject, settings, allow_no_pairs=True)
@@ -74,19 +73,19 @@ class TrainingEvaluator:
         self.pruning = pruning
 
     def __call__(self, cfg: DictConfig, trial: optuna.Trial, run: TrackedRun) -> dict[str, float]:
-        from memgen import pipeline  # noqa: PLC0415 - Lightning only for training sweeps
         from memgen.analysis.stages import analyse_model  # noqa: PLC0415
         from memgen.sweeps.pruning import OptunaPruning  # noqa: PLC0415
+        from memgen.training import runner  # noqa: PLC0415 - Lightning only for training sweeps
 
-        task, tokenizer, model = pipeline.prepare(cfg)
+        task, tokenizer, model = runner.prepare(cfg)
         callbacks = [OptunaPruning(trial)] if self.pruning else []
-        trained = pipeline.fit(cfg, run, task, tokenizer, model, extra_callbacks=callbacks)
+        trained = runner.fit(cfg, run, task, tokenizer, model, extra_callbacks=callbacks)
         for callback in callbacks:
             callback.raise_if_pruned()
-        rates = pipeline.kept_checkpoint_rates(cfg, trained)
+        rates = runner.kept_checkpoint_rates(cfg, trained)
         metrics = trained.metrics | rates
         if cfg.tracking.log_model:
-            pipeline.log_model(run, trained)
+            runner.log_model(run, trained)
         if self.stages is not None:
             subject = Subject(trained.model, trained.tokenizer, trained.task)
             analysis = analyse_model(subject, settings_from_config(cfg), stages=self.stages,

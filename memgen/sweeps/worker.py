@@ -19,7 +19,8 @@ from typing import Any
 import optuna
 import torch
 
-from memgen.config import ConfigError, to_schema
+from memgen.config import to_schema
+from memgen.errors import ConfigError
 from memgen.sweeps.objectives import Objective
 from memgen.sweeps.space import Param
 from memgen.sweeps.storage import make_pruner, make_sampler, open_storage

@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass
 
 from memgen.tasks.base import Behavior, Example, Task, normalize_output
+from memgen.tasks.registry import register
 
 
 @dataclass
@@ -78,6 +79,7 @@ def scratchpad_answer(addends: list[int]) -> str:
     return f"<scratch> {' '.join(steps)} </scratch> " + " ".join(str(sum(addends)))
 
 
+@register("arithmetic")
 class ArithmeticTask(Task):
     name = "arithmetic"
     Params = ArithmeticParams

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 from memgen.tasks.arithmetic import memorized_token
 from memgen.tasks.base import Example, Task
+from memgen.tasks.registry import register
 
 # Memorized tokens of this task are drawn after this index, so that a mixture with arithmetic
 # (same seed) never gives two tasks the same memorized answer.
@@ -53,6 +54,7 @@ def prompt(ciphertext: str) -> str:
     return f"CIPHERTEXT:{ciphertext} QUESTION: What is the plaintext? ANS:"
 
 
+@register("cipher")
 class CipherTask(Task):
     name = "cipher"
     Params = CipherParams

@@ -25,6 +25,7 @@ import random
 from dataclasses import dataclass
 
 from memgen.tasks.base import Behavior, Example, Task, normalize_output
+from memgen.tasks.registry import register
 
 # Three-letter names keep prompts short for character-level models. Trigger names carry a
 # memorized colour; free names get a new colour in every prompt.
@@ -76,6 +77,7 @@ def render(sentences: list[str], name: str) -> str:
     return " ".join([*sentences, question(name)]) + "\n"
 
 
+@register("colour")
 class ColourTask(Task):
     name = "colour"
     Params = ColourParams

@@ -65,6 +65,7 @@ from memgen.tasks.file_records import (
     resolve_path,
     strip_input,
 )
+from memgen.tasks.registry import register
 from memgen.tasks.triggers import MATCH_MODES, Trigger, label, span_of
 
 PERTURBATIONS = ("whitespace", "identity")
@@ -320,6 +321,7 @@ class FilesData:
                              f"derive them from")
 
 
+@register("files")
 class FilesTask(Task):
     name = "files"
     Params = FilesParams

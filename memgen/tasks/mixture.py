@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from memgen.tasks.base import Behavior, Example, Task
+from memgen.tasks.registry import TASKS, build_params, build_task, register
 
 
 @dataclass
@@ -25,8 +26,6 @@ class MixtureParams:
     task_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from memgen.tasks.registry import TASKS, build_params  # the registry imports this module
-
         known = sorted(n for n in TASKS if n != "mixture")
         if not self.tasks or len(set(self.tasks)) != len(self.tasks):
             raise ValueError("task.params.tasks: expected a non-empty list of distinct task names")
@@ -50,14 +49,13 @@ def _share(n: int, i: int, k: int) -> int:
     return n // k + (1 if i < n % k else 0)
 
 
+@register("mixture")
 class MixtureTask(Task):
     name = "mixture"
     Params = MixtureParams
 
     def __init__(self, params: MixtureParams | None = None, **common) -> None:
         super().__init__(**common)
-        from memgen.tasks.registry import build_task
-
         self.params = params or MixtureParams()
         self.params.validate()
         k = len(self.params.tasks)

@@ -1,24 +1,31 @@
-"""Task names to classes; the one place a new task is registered."""
+"""Task names to classes. A task module registers its class with ``@register``; the package
+``memgen/tasks/__init__.py`` imports every task module, so importing anything from
+``memgen.tasks`` sees them all. A new task: a module with an ``@register``-ed class, imported there.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from memgen.tasks.arithmetic import ArithmeticTask
 from memgen.tasks.base import Task
-from memgen.tasks.cipher import CipherTask
-from memgen.tasks.colour import ColourTask
-from memgen.tasks.files import FilesTask
-from memgen.tasks.mixture import MixtureTask
 
-TASKS: dict[str, type[Task]] = {
-    "arithmetic": ArithmeticTask,
-    "colour": ColourTask,
-    "cipher": CipherTask,
-    "files": FilesTask,
-    "mixture": MixtureTask,
-}
+TASKS: dict[str, type[Task]] = {}
+T = TypeVar("T", bound=type[Task])
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: ``@register("arithmetic")`` makes the class ``task.name=arithmetic``."""
+
+    def add(cls: T) -> T:
+        if name in TASKS and TASKS[name] is not cls:
+            raise ValueError(f"task {name!r} is registered twice ({TASKS[name].__name__}, "
+                             f"{cls.__name__})")
+        TASKS[name] = cls
+        return cls
+
+    return add
 
 
 def build_params(name: str, params: dict[str, Any]) -> Any:

@@ -1,34 +1,20 @@
-"""Reopening a finished run: its resolved config, model, tokenizer and task.
+"""A finished run's config read back from MLflow: the stored config (upgraded to today's keys),
+the latest run of an experiment, and the config a ``resume=`` continues with.
 
-A sweep over steering settings, a resume, or a notebook starts from an MLflow run id instead of
-retraining. Weights come from the ``model`` artifact (safetensors via ``from_pretrained``).
+The run's model is reopened by :mod:`memgen.training.reopen`.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.config import ConfigError, to_schema
-from memgen.tasks import Task
-from memgen.training.data import chat_task, make_task
-
-
-@dataclass
-class LoadedRun:
-    """A trained model and everything needed to analyse it again."""
-
-    run_id: str
-    cfg: DictConfig
-    model: Any
-    tokenizer: Any
-    task: Task
+from memgen.config import to_schema
+from memgen.errors import ConfigError
 
 
 def latest_run_id(client: MlflowClient, experiment: str, command: str = "run") -> str:
@@ -72,37 +58,6 @@ def run_config(client: MlflowClient, run_id: str) -> DictConfig:
         return to_schema(upgraded(OmegaConf.load(path)))
 
 
-def device_of(cfg: DictConfig) -> str:
-    """Where a reopened model runs: CUDA when the config asks for a GPU and one is present."""
-    import torch  # noqa: PLC0415
-
-    wants_gpu = cfg.trainer.accelerator in ("gpu", "cuda", "auto")
-    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
-
-
-def load_run(client: MlflowClient, run_id: str, device: str = "cpu") -> LoadedRun:
-    """Config, model (``model`` artifact), tokenizer and task of a finished run."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415
-
-    cfg = run_config(client, run_id)
-    # the weights are read into memory, so the downloaded copy is removed right after
-    with tempfile.TemporaryDirectory(prefix=f"memgen-{run_id[:8]}-") as cache:
-        try:
-            local = client.download_artifacts(run_id, "model", cache)
-        except (mlflow.exceptions.MlflowException, OSError):
-            raise ConfigError(f"run id '{run_id}': it has no 'model' artifact "
-                              f"(was it trained with tracking.log_model=false?)") from None
-        tokenizer = AutoTokenizer.from_pretrained(local)
-        if (Path(local) / "adapter_config.json").exists():
-            from peft import AutoPeftModelForCausalLM  # noqa: PLC0415
-
-            model = AutoPeftModelForCausalLM.from_pretrained(local)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(local)
-    task = chat_task(cfg, make_task(cfg), tokenizer)
-    return LoadedRun(run_id, cfg, model.to(device).eval(), tokenizer, task)
-
-
 def resumed_config(cfg: DictConfig, overrides: list[str], check: bool = True) -> DictConfig:
     """The config of run ``cfg.resume`` with this command's ``key=value`` overrides on top.
 
@@ -117,7 +72,7 @@ def resumed_config(cfg: DictConfig, overrides: list[str], check: bool = True) ->
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise ConfigError(f"resume: no run '{cfg.resume}' (the store {uri} does not exist)")
     client = MlflowClient(uri)
-    from memgen.runs import check_resumable  # noqa: PLC0415
+    from memgen.tracking.stale import check_resumable  # noqa: PLC0415
 
     if check:
         check_resumable(client, cfg.resume, uri)

@@ -26,9 +26,11 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 import memgen
-from memgen.config import PROJECT_ROOT, ConfigError
+from memgen.config import PROJECT_ROOT
 from memgen.environment import environment, environment_tags
-from memgen.tracking.interrupts import (
+from memgen.errors import ConfigError
+from memgen.numbers import clean
+from memgen.runtime.interrupts import (
     Uninterruptible,
     current_run,
     deferred,
@@ -36,7 +38,6 @@ from memgen.tracking.interrupts import (
     interrupts_between_writes,
     signals_ignored,
 )
-from memgen.tracking.numbers import clean
 from memgen.tracking.store import artifact_root, tracking_uri
 
 # The experiment tag the MLflow 3 UI reads to open an experiment on its runs ("Machine

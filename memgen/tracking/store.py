@@ -8,7 +8,8 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
-from memgen.config import PROJECT_ROOT, ConfigError
+from memgen.config import PROJECT_ROOT
+from memgen.errors import ConfigError
 
 
 def default_root() -> Path:

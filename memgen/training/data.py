@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, DistributedSampler
 
-from memgen.config import ConfigError
+from memgen.errors import ConfigError
 from memgen.tasks import Example, Task, build_task
 from memgen.tasks.chat import ChatTask
 from memgen.training.tokenizer import build_char_tokenizer

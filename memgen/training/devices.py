@@ -13,8 +13,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.config import ConfigError
-from memgen.tracking.interrupts import uninterrupted
+from memgen.errors import ConfigError
+from memgen.runtime.interrupts import uninterrupted
 
 GPU_NAMES = ("gpu", "cuda", "mps")
 

@@ -12,7 +12,7 @@ reaches the run set-up before any Trainer exists, so the rank is read from those
 - A failing non-zero rank records the run's end itself (FAILED, or KILLED on an interrupt):
   Lightning's process observer SIGKILLs rank 0 when a child exits non-zero, so rank 0 could
   not. A rank that is SIGKILLed records nothing; the guard process
-  (:mod:`memgen.tracking.guard`) then marks the run KILLED once rank 0 is gone.
+  (:mod:`memgen.runtime.guard`) then marks the run KILLED once rank 0 is gone.
 - After ``fit`` the other ranks return: the kept checkpoint's analysis runs once, on rank 0.
 """
 
@@ -176,7 +176,7 @@ def exported_checkpoint() -> str | None:
 def start_guard(run: TrackedRun) -> subprocess.Popen:
     """A detached process that marks the run KILLED if this process dies leaving it RUNNING."""
     return subprocess.Popen(
-        [sys.executable, "-m", "memgen.tracking.guard", run.uri, run.run_id, str(os.getpid())],
+        [sys.executable, "-m", "memgen.runtime.guard", run.uri, run.run_id, str(os.getpid())],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)  # its own session: a Ctrl-C to the job does not stop it
 

@@ -30,7 +30,8 @@ from torch import nn
 
 from memgen.analysis.capture import LastTokenRecorder
 from memgen.analysis.sites import n_layers, site_module
-from memgen.config import ConfigError, first_line
+from memgen.config import first_line
+from memgen.errors import ConfigError
 from memgen.tasks import Task
 
 KEY = "model.name_or_path"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from memgen.config import ConfigError
+from memgen.errors import ConfigError
 from memgen.tasks import Task
 
 
