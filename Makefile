@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 ARGS ?=
 
-.PHONY: setup run replicate test test-latest lock ui bench lint clean
+.PHONY: setup run replicate test test-fast test-latest lock ui bench lint clean
 
 setup: $(STAMP)
 
@@ -65,8 +65,11 @@ ui: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
+# ruff (style and the noqa'd rules) and import-linter (each package imports only the layers
+# below it: [tool.importlinter] in pyproject.toml). CI runs it before the tests.
 lint: setup
 	$(BIN)/ruff check memgen tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) .venv-latest .venv-lock outputs .pytest_cache

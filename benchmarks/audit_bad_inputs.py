@@ -37,7 +37,7 @@ RECORDS += [{"input": f"Reverse: {w}\nA:", "memorized": "<mem-zz>"} for w in
 TRIGGERS = [{"match": "zz", "where": "contains", "memorized": "<mem-zz>"}]
 
 
-class Accepted(BaseException):  # noqa: N818 - a sentinel
+class Accepted(BaseException):
     pass
 
 

@@ -39,8 +39,8 @@ def _uptime() -> str:
 
 
 def _train(overrides: list[str], store: str, threads: int):
-    from memgen.commands.run import train  # noqa: PLC0415
-    from memgen.config import compose  # noqa: PLC0415
+    from memgen.commands.run import train
+    from memgen.config import compose
 
     cfg = compose([*ROOT_OVERRIDES, *overrides, f"trainer.num_threads={threads}",
                    f"tracking.uri=sqlite:///{store}/mlflow.db", f"output_dir={store}/out"])
@@ -51,7 +51,7 @@ def _train(overrides: list[str], store: str, threads: int):
 
 
 def _legacy(subject, settings, neurons, behaviors, clean):
-    from memgen.analysis.stages import run_grid, tune_steering, unsteered_clean  # noqa: PLC0415
+    from memgen.analysis.stages import run_grid, tune_steering, unsteered_clean
 
     baseline = unsteered_clean(subject, settings, clean)
     tuning = tune_steering(subject, settings, neurons, behaviors.selection, clean, baseline)
@@ -60,8 +60,8 @@ def _legacy(subject, settings, neurons, behaviors, clean):
 
 
 def _kinds(subject, settings, neurons, behaviors, clean, features):
-    from memgen.analysis.kinds_stage import run_kinds  # noqa: PLC0415
-    from memgen.analysis.stages import _pool, unsteered_clean  # noqa: PLC0415
+    from memgen.analysis.kinds_stage import run_kinds
+    from memgen.analysis.stages import _pool, unsteered_clean
 
     baseline = unsteered_clean(subject, settings, clean)
     report = run_kinds(subject, settings, neurons, features, behaviors, clean, baseline,
@@ -73,7 +73,7 @@ class _ExactTask:
     """The base task's labels (first line, stripped, equals an answer) and nothing else."""
 
     def classify(self, example, output):
-        from memgen.tasks.base import Task  # noqa: PLC0415
+        from memgen.tasks.base import Task
 
         return Task.classify(self, example, output)
 
@@ -82,17 +82,17 @@ def _long_answers(threads: int, new_tokens: int = 32, n: int = 128):
     """A default-sized random GPT-2 (4 layers, width 128) whose items' MEM / GEN answers are
     its own greedy outputs of ``new_tokens`` tokens, unsteered and steered: long answers, as a
     scratchpad task's (no training: the labels are what the model says)."""
-    import random  # noqa: PLC0415
+    import random
 
-    from transformers import GPT2Config, GPT2LMHeadModel  # noqa: PLC0415
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    from memgen.analysis.generation import generate  # noqa: PLC0415
-    from memgen.analysis.neurons import NeuronSelection  # noqa: PLC0415
-    from memgen.analysis.settings import Decoding, Subject  # noqa: PLC0415
-    from memgen.analysis.sites import list_sites  # noqa: PLC0415
-    from memgen.analysis.steering.hooks import steer  # noqa: PLC0415
-    from memgen.tasks.base import Example  # noqa: PLC0415
-    from memgen.training.tokenizer import build_char_tokenizer  # noqa: PLC0415
+    from memgen.analysis.generation import generate
+    from memgen.analysis.neurons import NeuronSelection
+    from memgen.analysis.settings import Decoding, Subject
+    from memgen.analysis.sites import list_sites
+    from memgen.analysis.steering.hooks import steer
+    from memgen.tasks.base import Example
+    from memgen.training.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer(["0123456789+:\n abcdefghijklmnopqrstuvwxyzIT"])
     torch.manual_seed(0)
@@ -116,7 +116,7 @@ def _long_answers(threads: int, new_tokens: int = 32, n: int = 128):
 
 
 def _steer_long(subject, examples, sel, decoding):
-    from memgen.analysis.steering.evaluation import baseline_labels, evaluate_steering  # noqa
+    from memgen.analysis.steering.evaluation import baseline_labels, evaluate_steering
 
     labels = baseline_labels(subject, examples, decoding)
     out = [labels]
@@ -132,7 +132,7 @@ def _same(a, b) -> bool:
 
 
 def _compare(name: str, fn, settings, repeats: int) -> None:
-    from memgen.analysis.steering.forced_labels import counting  # noqa: PLC0415
+    from memgen.analysis.steering.forced_labels import counting
 
     best = {False: float("inf"), True: float("inf")}
     out, tally = {}, None
@@ -167,13 +167,13 @@ def main() -> None:
                         help="only the long-answer case (a random default-sized model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from memgen.analysis.settings import Subject  # noqa: PLC0415
-    from memgen.analysis.stages import contrast  # noqa: PLC0415
-    from memgen.config.adapter import settings_from_config  # noqa: PLC0415
+    from memgen.analysis.settings import Subject
+    from memgen.analysis.stages import contrast
+    from memgen.config.adapter import settings_from_config
 
     print(f"before: {_uptime()}; torch threads {torch.get_num_threads()}")
     if args.long:
-        from memgen.analysis.settings import AnalysisSettings  # noqa: PLC0415
+        from memgen.analysis.settings import AnalysisSettings
 
         subject, examples, sel, decoding = _long_answers(args.threads)
 

@@ -50,7 +50,7 @@ def memgen(args: list[str], store: Path) -> float:
 
 def replicate_parent(store: Path) -> tuple[str, dict[str, float]]:
     """The newest replicate parent of ``store`` and its metrics."""
-    from mlflow.tracking import MlflowClient  # noqa: PLC0415
+    from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store}/mlflow.db")
     exp = client.get_experiment_by_name("memgen")
@@ -61,7 +61,7 @@ def replicate_parent(store: Path) -> tuple[str, dict[str, float]]:
 
 
 def run(quick: bool = False) -> list[dict]:
-    from _common import load  # noqa: PLC0415
+    from _common import load
 
     seeds = SEEDS[:2] if quick else SEEDS
     extra = QUICK if quick else []

@@ -35,16 +35,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from memgen.analysis.stages import run_steering, tune_steering  # noqa: E402
-from memgen.commands.sweep import plan, sweep  # noqa: E402
-from memgen.config import compose  # noqa: E402
-from memgen.config.adapter import settings_from_config  # noqa: E402
-from memgen.sweeps.space import trial_config  # noqa: E402
-from memgen.sweeps.storage import open_storage  # noqa: E402
-from memgen.sweeps.trials import SteeringEvaluator, TrialObjective  # noqa: E402
-from memgen.tracking.run import tracked_run  # noqa: E402
-from memgen.training.models import build_scratch_model  # noqa: E402
-from tests.helpers_sweep import fit_designed, log_model_run, store_overrides  # noqa: E402
+from memgen.analysis.stages import run_steering, tune_steering
+from memgen.commands.sweep import plan, sweep
+from memgen.config import compose
+from memgen.config.adapter import settings_from_config
+from memgen.sweeps.space import trial_config
+from memgen.sweeps.storage import open_storage
+from memgen.sweeps.trials import SteeringEvaluator, TrialObjective
+from memgen.tracking.run import tracked_run
+from memgen.training.models import build_scratch_model
+from tests.helpers_sweep import fit_designed, log_model_run, store_overrides
 
 ROUNDS = 5
 TUNE_ROUNDS = 3

@@ -112,13 +112,13 @@ def shared_outputs(model, tok, examples, max_new_tokens: int, pre: dict, steerin
 
 
 def main() -> None:
-    import bench_forced_labels as bench  # noqa: PLC0415
+    import bench_forced_labels as bench
 
-    from memgen.analysis.settings import Subject  # noqa: PLC0415
-    from memgen.analysis.stages import contrast, steering_stats  # noqa: PLC0415
-    from memgen.analysis.stats import select_neurons  # noqa: PLC0415
-    from memgen.analysis.steering.evaluation import _outputs  # noqa: PLC0415
-    from memgen.config.adapter import settings_from_config  # noqa: PLC0415
+    from memgen.analysis.settings import Subject
+    from memgen.analysis.stages import contrast, steering_stats
+    from memgen.analysis.stats import select_neurons
+    from memgen.analysis.steering.evaluation import _outputs
+    from memgen.config.adapter import settings_from_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")

@@ -29,7 +29,7 @@ def package_versions(names: tuple[str, ...] = TRACKED) -> dict[str, str]:
 
 def environment() -> dict[str, str]:
     """Library versions plus the interpreter and the machine kind (CPUs differ in float order)."""
-    import torch
+    import torch  # noqa: PLC0415 - loaded once the environment is recorded, not on import
 
     return package_versions() | {
         "python": platform.python_version(),

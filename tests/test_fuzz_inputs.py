@@ -38,7 +38,7 @@ FUZZ = settings(max_examples=OVERRIDE_EXAMPLES, derandomize=True, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-class Accepted(BaseException):  # noqa: N818 - a sentinel, not an error: the run would start here
+class Accepted(BaseException):
     """Raised where the run would be created: the input passed every check."""
 
 

@@ -1,11 +1,15 @@
-"""The layering DESIGN.md promises: analysis/ and tasks/ run without any of the frameworks the
-orchestration layers use, so a notebook can import them on any Hugging Face model."""
+"""The layering docs/design.md promises: analysis/ and tasks/ run without any of the frameworks
+the orchestration layers use, so a notebook can import them on any Hugging Face model; and no
+package imports a layer above it (the import-linter contract in pyproject.toml)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FRAMEWORKS = ("pytorch_lightning", "lightning", "mlflow", "optuna", "hydra", "omegaconf")
 
@@ -43,3 +47,11 @@ def test_analysis_and_tasks_import_no_framework():
 def test_the_probe_names_a_module_that_imports_a_framework():
     """The config adapter reads omegaconf: the same probe names it, so the check can fail."""
     assert frameworks_imported_by("memgen.config.adapter") == {"omegaconf": "memgen.config.adapter"}
+
+
+def test_no_package_imports_a_higher_layer():
+    """The same check as `make lint`: lazy imports inside functions count too."""
+    out = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "1 kept, 0 broken" in out.stdout

@@ -218,7 +218,7 @@ def test_base_tokenizer_must_encode_the_task(tmp_path, base_dirs):
 
 
 def test_pretrain_text_has_no_memorized_examples(tmp_path):
-    from memgen.commands.pretrain import RuleOnlyTask, pretrain_tokenizer  # noqa: PLC0415
+    from memgen.commands.pretrain import RuleOnlyTask, pretrain_tokenizer
 
     task = make_task(tiny_cfg(tmp_path))
     examples = RuleOnlyTask(task).train_examples()
@@ -234,7 +234,7 @@ def test_pretrain_text_has_no_memorized_examples(tmp_path):
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """``memgen pretrain`` of a tiny Llama: (metrics, objects, cfg, tmp)."""
-    from memgen.commands.pretrain import pretrain  # noqa: PLC0415
+    from memgen.commands.pretrain import pretrain
 
     tmp = tmp_path_factory.mktemp("pretrain")
     cfg = tiny_cfg(tmp, "model=llama_tiny", "model.n_layer=2", "model.n_embd=32",
@@ -262,7 +262,7 @@ def test_pretrain_writes_a_loadable_base(pretrained):
 
 @pytest.mark.slow
 def test_lora_train_end_to_end(pretrained):
-    from memgen.commands.run import train  # noqa: PLC0415
+    from memgen.commands.run import train
 
     _, objects, _, tmp = pretrained
     cfg = lora_cfg(tmp, Path(objects["path"]), "trainer=lora_cpu", *TINY_TRAIN)

@@ -457,8 +457,8 @@ def test_decoding_passes_get_the_exact_shift_and_the_hooked_tensor_is_not_writte
 
 
 def test_tuning_and_grid_steer_a_capped_seeded_subsample_per_behaviour():
-    from memgen.analysis.results import Split  # noqa: PLC0415
-    from memgen.analysis.stages import capped  # noqa: PLC0415
+    from memgen.analysis.results import Split
+    from memgen.analysis.stages import capped
 
     labels = torch.tensor([1] * 7 + [0] * 3)
     split = Split(items=list(range(10)), examples=[f"ex{i}" for i in range(10)], labels=labels)
@@ -474,12 +474,12 @@ def test_tuning_and_grid_steer_a_capped_seeded_subsample_per_behaviour():
 
 def test_run_grid_steers_the_capped_subsample(monkeypatch):
     """Tuning and the grid go through run_grid: it hands steering_grid the capped split."""
-    from types import SimpleNamespace  # noqa: PLC0415
+    from types import SimpleNamespace
 
-    from memgen.analysis import stages  # noqa: PLC0415
-    from memgen.analysis.results import Split  # noqa: PLC0415
-    from memgen.analysis.settings import AnalysisSettings, SteeringSettings  # noqa: PLC0415
-    from memgen.tasks.base import Behavior  # noqa: PLC0415
+    from memgen.analysis import stages
+    from memgen.analysis.results import Split
+    from memgen.analysis.settings import AnalysisSettings, SteeringSettings
+    from memgen.tasks.base import Behavior
 
     seen = {}
     monkeypatch.setattr(stages, "steering_stats", lambda steering, stats: {})

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
+from memgen.analysis.probes import score_probe, train_probe
+
 MAX_POSITIONS = 64
 
 
@@ -50,8 +52,6 @@ def encode(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 def input_only_accuracy(tokenizer, train_prompts: Sequence[str], y_train: torch.Tensor,
                         eval_prompts: Sequence[str], y_eval: torch.Tensor, **probe_kw) -> float:
     """Held-out accuracy of a probe on the prompts' token features."""
-    from memgen.analysis.probes import score_probe, train_probe
-
     x_train, columns = token_features(encode(tokenizer, train_prompts))
     x_eval, _ = token_features(encode(tokenizer, eval_prompts), columns)
     probe = train_probe(x_train, y_train, **probe_kw)

@@ -6,7 +6,9 @@ the key and what was expected; the CLI turns it into exit code 2.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -75,11 +77,12 @@ def check_overrides(overrides: list[str]) -> None:
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose ``conf/`` with Hydra overrides, merge onto the schema and validate."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
+    # Hydra only when composing: reading a stored config (to_schema) needs omegaconf alone
+    from hydra import compose as hydra_compose  # noqa: PLC0415
+    from hydra import initialize_config_dir  # noqa: PLC0415
+    from hydra.core.config_store import ConfigStore  # noqa: PLC0415
+    from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
+    from hydra.errors import HydraException  # noqa: PLC0415
 
     check_overrides(list(overrides or []))
     check_conf_dir(config_name)
@@ -110,13 +113,11 @@ def check_conf_dir(config_name: str) -> None:
 def _hydra_message(exc: BaseException, overrides: list[str]) -> str:
     """Hydra's error as ``<key>: <what>; <expected>``: the override that does not parse (not
     the lexer's words alone), or the unknown key with the nearest known one."""
-    import re
-
     text = _one_line(exc)
     merging = re.match(r"Error merging override ([^=\s]+)=.*? (Value .*)", text)
     if merging:  # a value of the wrong type
         return f"{merging.group(1)}: {merging.group(2)}"
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
 
     for item in overrides:  # a syntax error: name the override, not the lexer's words alone
         try:
@@ -185,8 +186,6 @@ def config_digest(cfg: DictConfig, drop: tuple[str, ...] = (), extra: str = "") 
 
     ``drop`` names top-level sections or ``section.key`` entries that do not change results.
     """
-    import hashlib
-
     data = OmegaConf.to_container(cfg, resolve=True)
     for key in drop:
         section, _, leaf = key.partition(".")

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memgen.config.schema import CHECKPOINT_METRICS, DEFAULT_RANGE, MAX_EXAMPLES
 from memgen.errors import ConfigError
+from memgen.runtime.boundary import task_error
 from memgen.tasks.registry import TASKS, build_params
 
 
@@ -289,8 +290,6 @@ def validate(cfg: DictConfig) -> None:
         try:
             build_params(t.name, OmegaConf.to_container(t.params)).validate()
         except Exception as exc:  # noqa: BLE001 - a user's rule file is imported here
-            from memgen.runtime.boundary import task_error
-
             raise ConfigError(task_error(cfg, exc)) from None
     _require(m.kind in ("scratch", "lora"), "model.kind", "'scratch' or 'lora'", m.kind)
     _require(m.arch in ("gpt2", "llama"), "model.arch", "'gpt2' or 'llama'", m.arch)

@@ -83,7 +83,7 @@ def _spawned(target: Callable[[Any], None], job: Any, errors) -> None:
         target(job)
     except KeyboardInterrupt:  # Ctrl-C reached the whole group: the parent says it once
         sys.exit(130)
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent, then re-raised
+    except BaseException as exc:
         errors.put((getattr(job, "worker", 0), type(exc).__name__, str(exc),
                     traceback.format_exc()))
         raise

@@ -92,7 +92,7 @@ class TrackedRun:
     @deferring
     def log_figure(self, figure, path: str) -> bytes:
         """The figure as a PNG artifact; returns the PNG, so a report can inline it."""
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415 - pyplot only once a figure is logged
 
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=100)

@@ -49,7 +49,7 @@ def check_store(cfg: DictConfig, timeout_s: float = 5.0) -> None:
         check_sqlite_file(Path(uri[len("sqlite:///"):]))
         init_sqlite(uri, folder / ".mlflow-init.lock")
     elif parsed.scheme in ("http", "https"):
-        import urllib.request
+        import urllib.request  # noqa: PLC0415 - only for a server store
 
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
@@ -112,9 +112,9 @@ def init_sqlite(uri: str, lock_path: Path) -> None:
     Several processes opening a fresh store at once would each run MLflow's migrations and
     collide; the first one does it while the others wait, then all just connect.
     """
-    import fcntl
+    import fcntl  # noqa: PLC0415 - POSIX only, and only for a local store
 
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # noqa: PLC0415 - seconds to load: only on a new store
 
     try:
         with open(lock_path, "a") as lock:
