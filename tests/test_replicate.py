@@ -403,7 +403,7 @@ def test_the_thread_count_per_seed_is_part_of_a_replicates_identity(tmp_path, mo
     """The same seed trains to another model at 2 threads than at 1, so a replicate at 2
     threads never reuses the seeds of one at 1; workers that split the cores to the same
     thread count are the same experiment."""
-    from memgen.replicates import command
+    from memgen.commands import replicate as command
 
     monkeypatch.setattr(command, "cores", lambda: 2)
 
