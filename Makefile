@@ -65,10 +65,11 @@ ui: setup
 bench: setup
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
-# ruff (style and the noqa'd rules) and import-linter (each package imports only the layers
-# below it: [tool.importlinter] in pyproject.toml). CI runs it before the tests.
+# ruff (style and the noqa'd rules), mypy (types of memgen/) and import-linter (each package
+# imports only the layers below it: [tool.importlinter] in pyproject.toml). CI runs it first.
 lint: setup
 	$(BIN)/ruff check memgen tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 clean:

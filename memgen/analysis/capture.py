@@ -16,9 +16,11 @@ RSS for 126 MB of results on a 6x512 GPT-2 (issue 22; ``benchmarks/bench_capture
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +76,7 @@ def capture_last_token(model: nn.Module, sites: SiteSpec) -> Iterator[LastTokenR
     handles = []
     try:
         for site in names:
-            handles.append(hook_site(model, site, lambda h, s=site: recorder.record(s, h)))
+            handles.append(hook_site(model, site, functools.partial(recorder.record, site)))
         yield recorder
     finally:
         for handle in handles:
@@ -88,7 +90,7 @@ def _accepts(model: nn.Module, name: str) -> bool:
         return False
 
 
-def forward_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def forward_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Keyword arguments of one capture forward pass on a left-padded batch.
 
     Position ids follow the attention mask exactly as ``generate`` computes them, so a padded
@@ -96,7 +98,8 @@ def forward_inputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str
     Only the last position's logits are computed when the model allows it: capture needs none,
     and a large vocabulary times the full sequence is the biggest tensor of the pass.
     """
-    kwargs = {**batch, "position_ids": generation.position_ids(batch["attention_mask"]),
+    kwargs: dict[str, Any] = {**batch,
+                              "position_ids": generation.position_ids(batch["attention_mask"]),
               "use_cache": False}
     if _accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1

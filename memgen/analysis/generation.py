@@ -92,7 +92,8 @@ def generate(model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens
         for start in range(0, len(prompts), batch_size):
             rows = order[start:start + batch_size]
             batch = encode_prompts(tokenizer, [prompts[i] for i in rows], device)
-            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+            ids = model.generate(  # type: ignore[operator]  # a transformers model
+                **batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  num_beams=num_beams, pad_token_id=filler_token_id(tokenizer),
                                  eos_token_id=tokenizer.eos_token_id)
             texts = decode_new_tokens(tokenizer, ids[:, batch["input_ids"].shape[1]:])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 import torch
@@ -38,6 +39,9 @@ TOPK_NAME = "topk"
 
 class LinearProbe(nn.Module):
     """Logistic regression on standardized features; ``forward`` returns logits [N]."""
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    std: torch.Tensor
 
     def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         super().__init__()
@@ -256,13 +260,14 @@ def probe_sites(
     sites = _check_sites(train_feats, eval_feats)
     _check_xy(next(iter(train_feats.values())), y_train, "train", MIN_TRAIN_PER_CLASS)
     _check_xy(next(iter(eval_feats.values())), y_eval, "eval", MIN_EVAL_PER_CLASS)
-    kw = {"max_iter": max_iter, "initial_step": initial_step, "weight_decay": weight_decay,
-          "seed": seed}
+    kw: dict[str, Any] = {"max_iter": max_iter, "initial_step": initial_step,
+                          "weight_decay": weight_decay, "seed": seed}
 
     gen = torch.Generator().manual_seed(seed)
     y_shuffled = y_train[torch.randperm(y_train.numel(), generator=gen).to(y_train.device)]
 
-    rows, probes = [], {}
+    rows: list[dict[str, Any]] = []
+    probes: dict[str, LinearProbe] = {}
     for site in sites:
         probe = train_probe(train_feats[site], y_train, **kw)
         scores = score_probe(probe, eval_feats[site], y_eval)

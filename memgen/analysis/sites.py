@@ -12,8 +12,9 @@ tensor or a tuple, and every public entry point hands back a handle to remove.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,10 +92,12 @@ def site_width(model: nn.Module, site: str) -> int:
     """Number of neurons at a site."""
     module, where = site_module(model, site)
     if where == "output":
-        return int(unwrap(model).config.hidden_size)
-    if hasattr(module, "in_features"):
-        return int(module.in_features)
-    return int(module.weight.shape[0])  # transformers Conv1D stores (in, out)
+        config: Any = unwrap(model).config
+        return int(config.hidden_size)
+    layer: Any = module  # a Linear or transformers' Conv1D
+    if hasattr(layer, "in_features"):
+        return int(layer.in_features)
+    return int(layer.weight.shape[0])  # transformers Conv1D stores (in, out)
 
 
 def list_sites(model: nn.Module, kinds: tuple[str, ...] = SITE_KINDS) -> list[str]:
@@ -108,7 +111,7 @@ def list_sites(model: nn.Module, kinds: tuple[str, ...] = SITE_KINDS) -> list[st
     return sites
 
 
-def resolve_sites(model: nn.Module, spec: str | list[str]) -> list[str]:
+def resolve_sites(model: nn.Module, spec: str | Sequence[str]) -> list[str]:
     """Expand ``"resid"``, ``"mlp"``, ``"all"`` or explicit names; unknown ones fail by name."""
     names = [spec] if isinstance(spec, str) else list(spec)
     out: list[str] = []

@@ -81,6 +81,7 @@ class StreamingMoments:
         if x.shape[0] == 0:
             return
         x = x.detach().to(self.mean[0].device)
+        assert self.lo is not None and self.hi is not None  # set by _init with the width
         self.lo = torch.minimum(self.lo, x.amin(0).double())
         self.hi = torch.maximum(self.hi, x.amax(0).double())
         # One float64 buffer, shifted by the batch mean (stable sums of squares), reduced per
@@ -109,6 +110,8 @@ class StreamingMoments:
         for c in (0, 1):
             if other.count[c]:
                 self._merge_class(c, other.count[c], other.mean[c], other.m2[c])
+        assert self.lo is not None and self.hi is not None  # set by _init with the width
+        assert other.lo is not None and other.hi is not None
         self.lo = torch.minimum(self.lo, other.lo)
         self.hi = torch.maximum(self.hi, other.hi)
         return self
@@ -124,6 +127,7 @@ class StreamingMoments:
             raise ValueError(f"site '{site}': statistics need MEM and GEN samples "
                              f"(got {n_mem} MEM, {n_gen} GEN)")
         n = n_gen + n_mem
+        assert self.lo is not None and self.hi is not None  # both classes were seen
         constant = self.lo == self.hi
         mean_gen = torch.where(constant, self.lo, self.mean[0])
         mean_mem = torch.where(constant, self.lo, self.mean[1])

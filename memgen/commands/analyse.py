@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from memgen.analysis.settings import Subject
 from memgen.analysis.stages import analyse_model
 from memgen.analysis.timing import StageTimer
-from memgen.config import to_schema
+from memgen.config import plain, to_schema
 from memgen.config.adapter import settings_from_config
 from memgen.errors import ConfigError
 from memgen.replicates.claims import format_scorecard, score_claims
@@ -57,8 +57,8 @@ def analysis_base(cfg: DictConfig, run_cfg: DictConfig, run_id: str | None) -> D
     ``trainer.num_threads`` is this command's when set, else the model run's: the numbers
     depend on the thread count, so by default the analysis runs as the model's run did.
     """
-    data = OmegaConf.to_container(run_cfg, resolve=True)
-    mine = OmegaConf.to_container(cfg, resolve=True)
+    data = plain(run_cfg)
+    mine = plain(cfg)
     for key in OWN_SECTIONS:
         data[key] = mine[key]
     for key in OWN_TRAINER_KEYS:

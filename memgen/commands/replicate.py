@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from memgen.config import RESULT_NEUTRAL, config_digest, to_schema
+from memgen.config import RESULT_NEUTRAL, config_digest, plain, to_schema
 from memgen.errors import ConfigError
 from memgen.replicates.aggregate import (
     aggregate,
@@ -76,7 +76,7 @@ def replicate_key(cfg: DictConfig) -> str:
     re-analysis is defined by its source replicate and the analysis config alone (task, model
     and seeds are the source's)."""
     if cfg.replicate.models:
-        return config_digest(cfg, drop=tuple(k for k in cfg if k != "analysis"),
+        return config_digest(cfg, drop=tuple(str(k) for k in cfg if k != "analysis"),
                              extra=f"models={cfg.replicate.models}")
     # the thread count per seed changes float reduction order, hence the trained models: a
     # replicate at 2 threads is another experiment than the same config at 1
@@ -93,7 +93,7 @@ def check_seeds(cfg: DictConfig, seeds: list[int]) -> None:
     parent run exists: a bad seed or task file used to leave a FAILED parent behind."""
     from memgen.training.runner import prepare  # noqa: PLC0415 - Lightning only where training happens
 
-    base = OmegaConf.to_container(cfg, resolve=True)
+    base = plain(cfg)
     configs = []
     for seed in seeds:
         try:
@@ -192,8 +192,7 @@ def source_config(client: MlflowClient, cfg: DictConfig, source_id: str, seeds: 
     from memgen.commands.analyse import analysis_base  # noqa: PLC0415
     from memgen.tracking.load import run_config  # noqa: PLC0415
 
-    merged = OmegaConf.to_container(analysis_base(cfg, run_config(client, source_id), None),
-                                    resolve=True)
+    merged = plain(analysis_base(cfg, run_config(client, source_id), None))
     merged["replicate"]["seeds"] = seeds
     return to_schema(merged)
 
@@ -235,7 +234,7 @@ def replicate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if todo:
             from memgen.sweeps.worker import run_parallel  # noqa: PLC0415
 
-            base = OmegaConf.to_container(cfg, resolve=True)
+            base = plain(cfg)
             base["trainer"]["num_threads"] = threads
             jobs = [SeedJob(base, share, parent.run_id, name, worker=i, models=models or None)
                     for i, share in enumerate(split_seeds(todo, cfg.replicate.workers))]

@@ -25,7 +25,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.config import RESULT_NEUTRAL, config_digest, to_schema
+from memgen.config import RESULT_NEUTRAL, config_digest, plain, to_schema
 from memgen.errors import ConfigError
 from memgen.reporting.sweep_report import log_study
 from memgen.sweeps.objectives import Objective, parse_objectives
@@ -90,8 +90,8 @@ def _check_settings(cfg: DictConfig) -> None:
 def steering_base(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
     """The model run's config (task, model, seed) with the sweep command's analysis,
     tracking, sweep and device settings."""
-    data = OmegaConf.to_container(run_cfg, resolve=True)
-    mine = OmegaConf.to_container(cfg, resolve=True)
+    data = plain(run_cfg)
+    mine = plain(cfg)
     for key in SWEEP_SECTIONS:
         data[key] = mine[key]
     for key in SWEEP_TRAINER_KEYS:
@@ -200,7 +200,7 @@ def sweep(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if p.kind == "training" and len(p.objectives) > 1 and s.pruner != "none":
             parent.set_tags({"sweep.pruning": "off: Optuna does not prune multi-objective "
                                               "studies"})
-        base = OmegaConf.to_container(p.base, resolve=True)
+        base = plain(p.base)
         deadline = None if s.timeout is None else started + float(s.timeout)
         jobs = [Job(kind=p.kind, study_name=p.study_name, storage=p.storage, base=base,
                     params=p.params, objectives=p.objectives, parent_run_id=parent.run_id,

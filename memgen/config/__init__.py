@@ -36,6 +36,7 @@ from memgen.config.schema import (
     TrackingConfig,
     TrainerConfig,
     checkpoint_metric,
+    plain,
     ranged,
 )
 from memgen.config.validate import SEED_MAX, validate, validate_replicate
@@ -46,6 +47,6 @@ __all__ = [
     "AnalysisConfig", "ClaimsConfig", "Config", "ConfigError", "DecodingConfig", "LoraConfig",
     "ModelConfig", "ProbeConfig", "ReplicateConfig", "SteeringConfig", "SweepConfig",
     "TaskConfig", "TrackingConfig", "TrainerConfig", "check_conf_dir", "check_overrides",
-    "checkpoint_metric", "compose", "conf_dir", "config_digest", "first_line",
+    "checkpoint_metric", "compose", "conf_dir", "config_digest", "first_line", "plain",
     "resolve_interpolations", "ranged", "to_schema", "validate", "validate_replicate",
 ]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from memgen.config.schema import Config
+from memgen.config.schema import Config, plain
 from memgen.config.validate import (
     check_bool_values,
     check_closed,
@@ -143,7 +145,7 @@ def to_schema(raw: DictConfig | dict) -> DictConfig:
     """Merge a plain config onto the structured schema (types, unknown keys) and validate."""
     schema = OmegaConf.structured(Config)
     try:
-        cfg = OmegaConf.merge(schema, raw)
+        cfg = cast(DictConfig, OmegaConf.merge(schema, raw))  # merged onto a structured dict
         check_closed(cfg, Config)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
@@ -155,14 +157,15 @@ def to_schema(raw: DictConfig | dict) -> DictConfig:
     return cfg
 
 
-def resolve_interpolations(cfg: DictConfig, prefix: str = "") -> None:
-    """``${oc.env:X}`` and ``${a.b}`` resolved now, naming the key that does not resolve (they
-    used to fail mid-run, with a traceback)."""
-    nodes = cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else enumerate(cfg)
+def resolve_interpolations(cfg: DictConfig | ListConfig, prefix: str = "") -> None:
+    """``${oc.env:X}`` and ``${a.b}`` resolved before any work starts: a key that does not resolve
+    is a ConfigError naming it, never an error mid-run."""
+    nodes: Iterable[tuple[Any, Any]] = (cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig)
+                                        else enumerate(cfg))
     for key, _ in list(nodes):
         path = f"{prefix}.{key}" if prefix else str(key)
         if OmegaConf.is_interpolation(cfg, key):
-            raw = cfg._get_node(key)._value()
+            raw = cfg._get_node(key)._value()  # type: ignore[union-attr]  # the key exists
             try:
                 cfg[key] = cfg[key]  # resolved once: the value the run uses
             except Exception as exc:  # noqa: BLE001 - every resolver error is bad input
@@ -186,7 +189,7 @@ def config_digest(cfg: DictConfig, drop: tuple[str, ...] = (), extra: str = "") 
 
     ``drop`` names top-level sections or ``section.key`` entries that do not change results.
     """
-    data = OmegaConf.to_container(cfg, resolve=True)
+    data = plain(cfg)
     for key in drop:
         section, _, leaf = key.partition(".")
         if leaf:

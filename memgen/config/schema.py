@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_RANGE = (0, None)  # numeric keys are counts, sizes, rates or seconds unless declared
 
@@ -36,6 +36,13 @@ def checkpoint_metric(cfg: DictConfig) -> str:
     if metric != "auto":
         return metric
     return "val/pair_yield" if cfg.task.n_val_perturbations >= 2 else "val/behavior_balance"
+
+
+def plain(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
+    """A config as plain nested dicts (interpolations resolved unless ``resolve=False``)."""
+    data = OmegaConf.to_container(cfg, resolve=resolve)
+    assert isinstance(data, dict), type(data)
+    return data  # type: ignore[return-value]  # a DictConfig's keys are strings
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from memgen.config.schema import CHECKPOINT_METRICS, DEFAULT_RANGE, MAX_EXAMPLES
+from memgen.config.schema import CHECKPOINT_METRICS, DEFAULT_RANGE, MAX_EXAMPLES, plain
 from memgen.errors import ConfigError
 from memgen.runtime.boundary import task_error
 from memgen.tasks.registry import TASKS, build_params
@@ -48,7 +48,7 @@ def _strip_optional(hint: Any) -> Any:
 
 def _section(hint: Any) -> type | None:
     hint = _strip_optional(hint)
-    return hint if dataclasses.is_dataclass(hint) else None
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
 
 
 def _number_kind(hint: Any) -> type | None:
@@ -93,7 +93,7 @@ def check_closed(cfg: DictConfig, cls: type, prefix: str = "", root: type | None
     root = root or cls
     names = [f.name for f in dataclasses.fields(cls)]
     for key in cfg.keys():
-        path = f"{prefix}{key}"
+        path = prefix + str(key)
         if key not in names:
             raise _error(f"{shown(path)}: not a config key{nearest(str(path), root, names)}; "
                          f"expected one of the keys of {prefix.rstrip('.') or 'the root'} "
@@ -165,7 +165,7 @@ def schema_hint(key: str, root: type) -> Any:
     cls: Any = root
     hint = None
     for part in key.split("."):
-        if cls is None or not dataclasses.is_dataclass(cls) or \
+        if not isinstance(cls, type) or not dataclasses.is_dataclass(cls) or \
                 part not in {f.name for f in dataclasses.fields(cls)}:
             return None
         hint = _hints(cls)[part]
@@ -244,8 +244,7 @@ def _check_finite(node: Any, prefix: str = "") -> None:
     """Every float in the config is finite: ``trainer.weight_decay=nan`` trained NaNs."""
     if isinstance(node, DictConfig):
         for key in node:
-            _check_finite(node[key],
-                          f"{prefix}.{key}" if prefix else str(key))
+            _check_finite(node[key], f"{prefix}.{key!s}" if prefix else str(key))
     elif OmegaConf.is_list(node):
         for value in node:
             _check_finite(value, prefix)
@@ -288,7 +287,7 @@ def validate(cfg: DictConfig) -> None:
     _require(0 < t.mem_ratio < 1, "task.mem_ratio", "a fraction in (0, 1)", t.mem_ratio)
     if t.name in TASKS:
         try:
-            build_params(t.name, OmegaConf.to_container(t.params)).validate()
+            build_params(t.name, plain(t.params, resolve=False)).validate()
         except Exception as exc:  # noqa: BLE001 - a user's rule file is imported here
             raise ConfigError(task_error(cfg, exc)) from None
     _require(m.kind in ("scratch", "lora"), "model.kind", "'scratch' or 'lora'", m.kind)

@@ -38,7 +38,8 @@ def is_p_value(name: str) -> bool:
     return bool(_P_VALUE.search(name))
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+def t_interval(values: Sequence[float] | np.ndarray, confidence: float = CONFIDENCE
+               ) -> tuple[float, float]:
     """(low, high) of the t-interval around the mean; nan for fewer than 2 values."""
     x = np.asarray(values, dtype=float)
     if x.size < 2:

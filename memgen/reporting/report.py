@@ -194,12 +194,12 @@ def summary(analysis: Analysis, top: int = 10) -> str:
             lines.append(f"(top {100 * t.top_fraction:g}% and alpha {t.alpha:g} picked on the "
                          f"selection split out of {len(t.scores)} settings)")
         for direction in ("to_gen", "to_mem"):
-            t = s.selected.get(direction)
-            if t is None:
+            sel = s.selected.get(direction)
+            if sel is None:
                 continue
-            low, high = t.ci
-            row = (f"{direction}: success {_pct(t.success)} [{_pct(low)}, {_pct(high)}] "
-                   f"of {t.n}")
+            low, high = sel.ci
+            row = (f"{direction}: success {_pct(sel.success)} [{_pct(low)}, {_pct(high)}] "
+                   f"of {sel.n}")
             for name, by_direction in s.controls.items():
                 row += f" | {name} {_pct(by_direction[direction].success)}"
             lines.append(row)

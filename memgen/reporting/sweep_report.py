@@ -75,7 +75,7 @@ def log_study(parent: TrackedRun, study: optuna.Study, objectives: Sequence[Obje
                            "best/mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")})
         best_metrics = {f"best/{k}": v for k, v in _child_metrics(parent, best).items()
                         if k in KEY_METRICS}
-        best_metrics[f"best/{names[0]}"] = best.value
+        best_metrics[f"best/{names[0]}"] = best.value if best.value is not None else math.nan
         metrics |= finite(best_metrics)
         lines.append(f"best trial {best.number}: {names[0]}={best.value:.4f}  "
                      + "  ".join(f"{k}={v}" for k, v in best.params.items()))

@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,13 +89,13 @@ def _unknown(name: str, kind: str) -> str:
 def parse_objectives(raw: Sequence[Mapping] | None, kind: str,
                      controls: Sequence[str] = CONTROL_NAMES) -> list[Objective]:
     """``sweep.objectives`` as :class:`Objective` s; unknown names and directions fail here."""
-    raw = OmegaConf.to_container(raw) if isinstance(raw, DictConfig) or OmegaConf.is_list(raw) \
-        else raw
-    if not raw:
+    items: Any = (OmegaConf.to_container(raw) if isinstance(raw, DictConfig)
+                  or OmegaConf.is_list(raw) else raw)
+    if not items:
         raise ConfigError("sweep.objectives: empty; expected a list of {metric, direction}, "
                           "e.g. [{metric: steer/to_gen/success, direction: maximize}]")
     out: list[Objective] = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate(items):
         key = f"sweep.objectives[{i}]"
         if not isinstance(item, Mapping) or set(item) != {"metric", "direction"}:
             raise ConfigError(f"{key}: expected {{metric: <name>, direction: maximize|minimize}}"

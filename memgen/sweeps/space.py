@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.config import to_schema
+from memgen.config import plain, to_schema
 from memgen.errors import ConfigError
 
 TYPES = ("int", "float", "categorical")
@@ -45,10 +45,12 @@ class Param:
     def suggest(self, trial) -> Any:
         """The trial's value; Optuna stores it under the config key itself."""
         if self.type == "int":
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log,
+            low, high = self._bounds()
+            return trial.suggest_int(self.key, int(low), int(high), log=self.log,
                                      step=int(self.step or 1))
         if self.type == "float":
-            return trial.suggest_float(self.key, float(self.low), float(self.high), log=self.log,
+            low, high = self._bounds()
+            return trial.suggest_float(self.key, float(low), float(high), log=self.log,
                                        step=self.step)
         return trial.suggest_categorical(self.key, list(self.choices))
 
@@ -57,7 +59,12 @@ class Param:
         if self.type == "categorical":
             return list(self.choices)
         cast = int if self.type == "int" else float
-        return [cast(self.low), cast(self.high)]
+        return [cast(bound) for bound in self._bounds()]
+
+    def _bounds(self) -> tuple[float, float]:
+        """``low`` and ``high`` of a number: :func:`_param` requires both."""
+        assert self.low is not None and self.high is not None
+        return self.low, self.high
 
 
 def _leaves(node: Mapping, prefix: str = "") -> list[tuple[str, Mapping]]:
@@ -122,7 +129,7 @@ def _param(key: str, spec: Mapping) -> Param:
 
 def parse_space(space: DictConfig | Mapping) -> list[Param]:
     """``sweep.space`` as a list of :class:`Param`, in the order written."""
-    node = OmegaConf.to_container(space, resolve=True) if isinstance(space, DictConfig) else space
+    node: Mapping = plain(space) if isinstance(space, DictConfig) else space
     if not node:
         raise ConfigError("sweep.space: empty; give at least one key, e.g. "
                           "sweep.space.analysis.steering.alpha={type:float,low:1,high:8}")
@@ -155,7 +162,7 @@ def check_space(params: list[Param], base: DictConfig, kind: str) -> None:
 
 def trial_config(base: DictConfig, params: Mapping[str, Any]) -> DictConfig:
     """The base config with a trial's values, validated like any composed config."""
-    data = OmegaConf.create(OmegaConf.to_container(base, resolve=True))
+    data = OmegaConf.create(plain(base))
     for key, value in params.items():
         OmegaConf.update(data, key, value, merge=False)
     for one, other in EXCLUSIVE:  # top_k and top_fraction are alternatives: keep the trial's

@@ -110,7 +110,8 @@ def load_study(name: str, storage: optuna.storages.BaseStorage, directions: list
                pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     """Create the study or resume it; a resume with other directions fails clearly."""
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                directions=directions, load_if_exists=True)
+                                directions=directions,  # type: ignore[arg-type]  # checked below
+                                load_if_exists=True)
     found = [d.name.lower() for d in study.directions]
     if found != directions:
         raise ConfigError(f"sweep.objectives: study {name!r} exists with directions {found}, "

@@ -66,7 +66,9 @@ def run_worker(job: Job) -> None:
         study_name=job.study_name, storage=open_storage(job.storage),
         sampler=make_sampler(job.sampler_seed, job.start, job.worker, job.workers),
         pruner=make_pruner(job.pruner if pruning else "none"))
+    evaluate: SteeringEvaluator | TrainingEvaluator
     if job.kind == "steering":
+        assert job.model_run_id is not None  # the plan resolves a steering sweep's model run
         evaluate = SteeringEvaluator(base, job.model_run_id)
     else:
         evaluate = TrainingEvaluator(job.objectives, pruning)

@@ -121,7 +121,7 @@ class ArithmeticTask(Task):
         trigger = self.triggers.index(last) if last in self.triggers else None
         gen = self.rule_answer(addends)
         mem = self.tokens[trigger] if trigger is not None else None
-        answer = mem if kind == "mem" else gen
+        answer = mem if kind == "mem" and mem is not None else gen
         return Example(prompt=self.prompt(addends), answer=answer, kind=kind, task=self.name,
                        mem_answer=mem, gen_answer=gen,
                        meta={"addends": list(addends), "trigger": trigger})
@@ -130,21 +130,21 @@ class ArithmeticTask(Task):
     def train_examples(self) -> list[Example]:
         rng = self.rng("train")
         n_free = self.params.n_addends - 2
-        n_mem = round(self.n_train * self.mem_ratio)
-        examples = []
+        n_mem = round(self.train_size() * self.mem_ratio)
+        examples: list[Example] = []
         for i in range(n_mem):
             trigger = self.triggers[i % len(self.triggers)]
             free = (list(self.records[i % len(self.triggers)]) if self.records
                     else self._draw(rng, n_free))
             self._mem_prefixes.add((*free, *trigger))
             examples.append(self._example(free + list(trigger), "mem"))
-        n_trigger_rule = round((self.n_train - n_mem) * self.params.trigger_rule_share)
+        n_trigger_rule = round((self.train_size() - n_mem) * self.params.trigger_rule_share)
         while len(examples) < n_mem + n_trigger_rule:  # the trigger after other free addends
             trigger = self.triggers[len(examples) % len(self.triggers)]
             addends = self._draw(rng, n_free) + list(trigger)
             if tuple(addends) not in self._mem_prefixes:
                 examples.append(self._example(addends, "rule"))
-        while len(examples) < self.n_train:
+        while len(examples) < self.train_size():
             addends = self._draw(rng, self.params.n_addends)
             if tuple(addends[-2:]) not in self.triggers:
                 examples.append(self._example(addends, "rule"))
@@ -155,7 +155,7 @@ class ArithmeticTask(Task):
         rng = self.rng(stream)
         n = self.n_conflict if n is None else n
         n_free = self.params.n_addends - 2
-        examples = []
+        examples: list[Example] = []
         while len(examples) < n:
             index = len(examples) % len(self.triggers)
             free = (self._near_miss(self.records[index], rng) if self.records
@@ -178,7 +178,7 @@ class ArithmeticTask(Task):
     def clean_examples(self, n: int | None = None, stream: str = "clean") -> list[Example]:
         rng = self.rng(stream)
         n = self.n_clean if n is None else n
-        examples = []
+        examples: list[Example] = []
         while len(examples) < n:
             addends = self._draw(rng, self.params.n_addends)
             if tuple(addends[-2:]) not in self.triggers:

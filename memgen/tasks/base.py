@@ -73,6 +73,13 @@ class Task(ABC):
         self.n_conflict = n_conflict
         self.n_clean = n_clean
 
+    def train_size(self) -> int:
+        """``n_train`` as a count; only ``task=files`` reads ``"all"`` (its records as written)."""
+        if isinstance(self.n_train, str):
+            raise ValueError(f"task.n_train: expected a positive integer for task {self.name}, "
+                             f"got {self.n_train!r}")
+        return self.n_train
+
     def rng(self, stream: str) -> random.Random:
         """An independent, reproducible random stream per purpose (train, conflict, clean...)."""
         return random.Random(f"{self.name}:{self.seed}:{stream}")

@@ -354,11 +354,12 @@ class FilesTask(Task):
         if self.n_train == "all":
             n_rule, n_mem = len(plain) - reserve, 0
         else:
-            n_mem = round(self.n_train * self.mem_ratio) if by_answer else 0
-            n_rule = min(len(plain), self.n_train - n_mem)
+            n_train = self.train_size()
+            n_mem = round(n_train * self.mem_ratio) if by_answer else 0
+            n_rule = min(len(plain), n_train - n_mem)
             if n_rule == len(plain):  # nothing left over for the clean set
                 n_rule -= reserve
-            if n_rule < self.n_train - n_mem:  # fewer plain records than asked: keep the share
+            if n_rule < n_train - n_mem:  # fewer plain records than asked: keep the share
                 n_mem = round(n_rule * self.mem_ratio / (1 - self.mem_ratio))
         self.rule_records, self.spare_records = plain[:n_rule], plain[n_rule:]
         held: list[Record] = []

@@ -139,8 +139,8 @@ def label(mode: str, output: str, mem: str | None, gen: str | None,
         if not marker:
             raise ValueError("task.params.marker: match=after_marker needs the marker text")
 
-        def gen_test(out: str, answer: str) -> bool:
-            return after_marker(out, answer, marker)
+        def gen_test(output: str, answer: str) -> bool:
+            return after_marker(output, answer, marker)
     else:
         gen_test = {"exact": exact, "prefix": starts_with, "final_line": final_line}[mode]
     if mem is not None and mem_test(output, mem):

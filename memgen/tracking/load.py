@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -55,7 +56,7 @@ def run_config(client: MlflowClient, run_id: str) -> DictConfig:
         raise ConfigError(f"run id '{run_id}': no such run in this tracking store") from None
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, "config.yaml", tmp)
-        return to_schema(upgraded(OmegaConf.load(path)))
+        return to_schema(upgraded(cast(DictConfig, OmegaConf.load(path))))  # memgen wrote it
 
 
 def resumed_config(cfg: DictConfig, overrides: list[str], check: bool = True) -> DictConfig:
@@ -81,4 +82,4 @@ def resumed_config(cfg: DictConfig, overrides: list[str], check: bool = True) ->
                and "." in o.split("=", 1)[0] or o.startswith(("seed=", "output_dir="))]
     merged = OmegaConf.merge(stored, OmegaConf.from_dotlist(dotlist),
                              {"resume": cfg.resume, "tracking": cfg.tracking})
-    return to_schema(merged)
+    return to_schema(cast(DictConfig, merged))  # merged onto a DictConfig

@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 import memgen
-from memgen.config import PROJECT_ROOT
+from memgen.config import PROJECT_ROOT, plain
 from memgen.environment import environment, environment_tags
 from memgen.errors import ConfigError
 from memgen.numbers import clean
@@ -240,7 +240,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
         else:
             out[prefix] = node
 
-    walk("", OmegaConf.to_container(cfg, resolve=True))
+    walk("", plain(cfg))
     safe: dict[str, Any] = {}
     for key, value in out.items():  # e.g. a task trigger '2+3' inside a param name
         name, n = param_name(key), 1
@@ -262,6 +262,7 @@ def get_experiment_id(client: MlflowClient, cfg: DictConfig) -> str:
                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:  # created concurrently by another process
             experiment = client.get_experiment_by_name(name)
+    assert experiment is not None  # it exists: found, or created by the other process
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id

@@ -8,6 +8,7 @@ of differentiating neurons, probe accuracy and steerability shows in MLflow.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -42,7 +43,8 @@ class AnalysisCallback(pl.Callback):
             return
         # the analysis observes the training and must not change it: its random draws come
         # from a forked stream, so a run with callbacks trains exactly like one without
-        subject = Subject(pl_module.model, pl_module.tokenizer, pl_module.task)
+        module: Any = pl_module  # a MemGenModule
+        subject = Subject(module.model, module.tokenizer, module.task)
         with torch.random.fork_rng(devices=[]):
             analysis = analyse_model(subject, self.settings, stages=self.stages,
                                      allow_no_pairs=True)

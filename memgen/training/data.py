@@ -12,9 +12,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, DistributedSampler
 
+from memgen.config import plain
 from memgen.errors import ConfigError
 from memgen.tasks import Example, Task, build_task
 from memgen.tasks.chat import ChatTask
@@ -24,7 +25,7 @@ from memgen.training.tokenizer import build_char_tokenizer
 def make_task(cfg: DictConfig) -> Task:
     """The configured task, seeded by the run's seed."""
     t = cfg.task
-    return build_task(t.name, OmegaConf.to_container(t.params, resolve=True), seed=cfg.seed,
+    return build_task(t.name, plain(t.params), seed=cfg.seed,
                       n_train=t.n_train, mem_ratio=t.mem_ratio, n_conflict=t.n_conflict,
                       n_clean=t.n_clean, n_val_conflict=t.n_val_conflict)
 
@@ -131,7 +132,8 @@ class MemGenDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.cfg.seed)
-        return DataLoader(self.train_items, batch_size=self.cfg.trainer.batch_size, shuffle=True,
+        return DataLoader(self.train_items,  # type: ignore[arg-type]  # a list is a dataset
+                          batch_size=self.cfg.trainer.batch_size, shuffle=True,
                           generator=generator,
                           collate_fn=lambda items: pad_right(items, self.tokenizer.pad_token_id))
 
@@ -139,9 +141,11 @@ class MemGenDataModule(pl.LightningDataModule):
         """The whole conflict set, in order. On several devices a one-replica
         ``DistributedSampler`` keeps Lightning from sharding it (and from padding it with
         repeated examples): rank 0 generates on all of it (see :mod:`memgen.training.module`)."""
-        sampler = None
+        sampler: DistributedSampler | None = None
         if self.trainer is not None and self.trainer.world_size > 1:
-            sampler = DistributedSampler(self.val_examples, num_replicas=1, rank=0,
+            sampler = DistributedSampler(self.val_examples,  # type: ignore[arg-type]
+                                         num_replicas=1, rank=0,
                                          shuffle=False)
-        return DataLoader(self.val_examples, batch_size=self.cfg.analysis.batch_size,
+        return DataLoader(self.val_examples,  # type: ignore[arg-type]  # a list is a dataset
+                          batch_size=self.cfg.analysis.batch_size,
                           shuffle=False, sampler=sampler, collate_fn=list)

@@ -56,7 +56,7 @@ def check_devices(cfg: DictConfig) -> int:
     tr = cfg.trainer
     check_accelerator(str(tr.accelerator))
     try:
-        _convert_precision_to_unified_args(str(tr.precision))
+        _convert_precision_to_unified_args(str(tr.precision))  # type: ignore[arg-type]  # checks it
     except ValueError:
         raise ConfigError(f"trainer.precision: expected one of '32-true', 'bf16-mixed', "
                           f"'16-mixed', 'bf16-true', '64-true', ..., got {tr.precision!r}"

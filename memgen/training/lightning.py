@@ -24,7 +24,7 @@ class RunLogger(MLFlowLogger):
         super().__init__(**kwargs)
         self._run = run
         # its reads too (``experiment`` looks the run up): no store call is cut by Ctrl-C
-        self._mlflow_client = Uninterruptible(self._mlflow_client)
+        self._mlflow_client = Uninterruptible(self._mlflow_client)  # type: ignore[assignment]
 
     @rank_zero_only
     @deferring

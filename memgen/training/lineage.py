@@ -9,6 +9,7 @@ Only global rank 0 writes, like every other logger of the run.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor
@@ -23,7 +24,8 @@ class SystemMetrics(pl.Callback):
     """MLflow's system-metrics sampler for the duration of ``fit``."""
 
     def __init__(self, run: TrackedRun, interval_s: float = 5.0) -> None:
-        self.run, self.interval_s, self.monitor = run, interval_s, None
+        self.run, self.interval_s = run, interval_s
+        self.monitor: Any = None  # MLflow's SystemMetricsMonitor while fit runs
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_rank != 0 or self.monitor is not None:
@@ -90,7 +92,8 @@ def log_training_set(run: TrackedRun, task, cfg) -> str:
     frame = pd.DataFrame({"prompt": [e.prompt for e in examples],
                           "answer": [e.answer for e in examples],
                           "kind": [e.kind for e in examples]})
-    dataset = mlflow.data.from_pandas(frame, name=f"{cfg.task.name}-train-seed{cfg.seed}",
+    dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]  # loaded by mlflow
+        frame, name=f"{cfg.task.name}-train-seed{cfg.seed}",
                                       targets="answer")
     run.client.log_inputs(run.run_id, datasets=[Input(
         dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])])

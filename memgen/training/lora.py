@@ -223,7 +223,7 @@ def load_adapter(base_dir_or_id: str, adapter_dir: str | Path, precision: str = 
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
 
-def merged_model(model) -> nn.Module:
+def merged_model(model) -> Any:
     """A plain transformers model with the adapter folded in; ``model`` is left untouched.
 
     Works on a deep copy (twice the memory for a moment) so the caller keeps training/steering
@@ -247,7 +247,7 @@ def log_lora_artifacts(run, model, tokenizer, log_merged: bool = False) -> None:
             run.log_artifacts(tmp, "model_merged")
 
 
-def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def _lora_layers(model: nn.Module) -> list[tuple[str, Any]]:
     """``("<leaf>.<L>", module)`` for each LoRA-wrapped layer, L = 1-based block as in sites."""
     from peft.tuners.lora import LoraLayer  # noqa: PLC0415
 
@@ -260,7 +260,7 @@ def _lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _delta(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _delta(module: Any, x: torch.Tensor) -> torch.Tensor:
     """Sum over active adapters of scaling * B(A(x)); dropout is skipped (eval semantics)."""
     total = None
     for name in module.active_adapters:

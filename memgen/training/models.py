@@ -22,16 +22,16 @@ def build_scratch_model(cfg: DictConfig, tokenizer):
     special = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id,
                "pad_token_id": tokenizer.pad_token_id, "attn_implementation": ATTENTION}
     if m.arch == "gpt2":
-        config = GPT2Config(vocab_size=len(tokenizer), n_positions=m.n_positions, n_embd=m.n_embd,
+        gpt2 = GPT2Config(vocab_size=len(tokenizer), n_positions=m.n_positions, n_embd=m.n_embd,
                             n_layer=m.n_layer, n_head=m.n_head, resid_pdrop=m.dropout,
                             embd_pdrop=m.dropout, attn_pdrop=m.dropout, **special)
-        return GPT2LMHeadModel(config)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=m.n_embd,
+        return GPT2LMHeadModel(gpt2)
+    llama = LlamaConfig(vocab_size=len(tokenizer), hidden_size=m.n_embd,
                          intermediate_size=m.intermediate_size or 4 * m.n_embd,
                          num_hidden_layers=m.n_layer, num_attention_heads=m.n_head,
                          num_key_value_heads=m.n_head, max_position_embeddings=m.n_positions,
                          attention_dropout=m.dropout, **special)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(llama)
 
 
 def count_parameters(model) -> dict[str, int]:

@@ -95,17 +95,20 @@ class MemGenModule(pl.LightningModule):
         originals = [lab for ex, lab in zip(batch, labels, strict=True)
                      if ex.meta.get("val_variant", 0) == 0]
         for behavior in Behavior:
-            self.counts[behavior.value].update(float(sum(lab == behavior for lab in originals)))
+            self._count(behavior).update(float(sum(lab == behavior for lab in originals)))
         self.n_val.update(float(len(originals)))
+
+    def _count(self, behavior: Behavior) -> SumMetric:
+        return self.counts[behavior.value]  # type: ignore[return-value]  # a SumMetric each
 
     def on_validation_epoch_end(self) -> None:
         total = self.n_val.compute().clamp(min=1)
-        rates = {b: self.counts[b.value].compute() / total for b in Behavior}
+        rates = {b: self._count(b).compute() / total for b in Behavior}
         self.n_split.update(float(n_split(self._variant_labels.values())))
         self.n_groups.update(float(len(self._variant_labels)))
         self._variant_labels = {}
         pair_yield = self.n_split.compute() / self.n_groups.compute().clamp(min=1)
-        for metric in (*self.counts.values(), self.n_val, self.n_split, self.n_groups):
+        for metric in (*map(self._count, Behavior), self.n_val, self.n_split, self.n_groups):
             metric.reset()
         mem, gen = rates[Behavior.MEM], rates[Behavior.GEN]
         self.log_dict({"val/mem_rate": mem, "val/gen_rate": gen,

@@ -8,6 +8,7 @@ a training sweep's trials all train through here.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,8 @@ def analysis_callbacks(cfg: DictConfig, run: TrackedRun) -> list[pl.Callback]:
 
 
 def fit(cfg: DictConfig, run: TrackedRun, task: Task, tokenizer, model,
-        extra_callbacks: list[pl.Callback] | None = None, ckpt_path: str | None = None) -> Trained:
+        extra_callbacks: Sequence[pl.Callback] | None = None, ckpt_path: str | None = None
+        ) -> Trained:
     """Lightning ``fit`` logging into ``run``; the module comes back at its best checkpoint."""
     tr = cfg.trainer
     extra_callbacks = analysis_callbacks(cfg, run) + list(extra_callbacks or [])

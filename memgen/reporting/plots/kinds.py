@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -31,7 +33,7 @@ def kinds_figure(table: pd.DataFrame) -> Figure:
             if not rows or column not in table.columns:
                 continue
             values = [getattr(r, column) for r in rows]
-            kw = {}
+            kw: dict[str, Any] = {}
             if column == "success":
                 kw["yerr"] = np.array([[max(0.0, r.success - r.ci_low) for r in rows],
                                        [max(0.0, r.ci_high - r.success) for r in rows]])

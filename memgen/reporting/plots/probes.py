@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from matplotlib.figure import Figure
 
 from memgen.analysis.probes import ProbeReport
 from memgen.reporting.plots.figures import new_figure
 
-_BASELINE_STYLE = {"color": "0.4", "linewidth": 1.0}
+_BASELINE_STYLE: dict[str, Any] = {"color": "0.4", "linewidth": 1.0}
 
 
 def probe_accuracy_by_layer(report: ProbeReport) -> Figure:

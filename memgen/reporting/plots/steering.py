@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib
 import pandas as pd
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -70,7 +71,8 @@ def _legend_cell(fig: Figure, colors: dict, styles: dict,
     style, directions by marker, the tuned setting by a star."""
     from matplotlib.lines import Line2D  # noqa: PLC0415
 
-    handles = [Line2D([], [], color=c, linewidth=2.5, label=f"k={k} selected neurons")
+    handles: list[Artist] = [Line2D([], [], color=c, linewidth=2.5,
+                                    label=f"k={k} selected neurons")
                for k, c in colors.items()]
     handles += [Line2D([], [], color="0.35", linestyle=style,
                        label=f"control: {m.removeprefix('control_')}")

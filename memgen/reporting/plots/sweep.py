@@ -9,8 +9,10 @@ is skipped with a note instead of failing the sweep that has already run.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import optuna
@@ -34,7 +36,7 @@ def _figure(draw: Callable[[], object]) -> Figure:
     finally:
         for number in set(plt.get_fignums()) - before:
             plt.close(number)
-    axes = drawn.flat[0] if hasattr(drawn, "flat") else drawn
+    axes: Any = drawn.flat[0] if hasattr(drawn, "flat") else drawn
     fig = axes.figure
     fig.set_size_inches(max(fig.get_figwidth(), 7.0), max(fig.get_figheight(), 5.0))
     fig.tight_layout()
@@ -69,16 +71,16 @@ def study_figures(study: optuna.Study, metrics: Sequence[str],
     for i, metric in enumerate(metrics):
         target = _target(i) if multi else None
         name = _slug(metric)
-        add(f"sweep/history_{name}.png", lambda t=target, m=metric: ovm.plot_optimization_history(
-            study, target=t, target_name=m))
+        add(f"sweep/history_{name}.png", functools.partial(
+            ovm.plot_optimization_history, study, target=target, target_name=metric))
         if len(complete) >= 2:
-            add(f"sweep/importance_{name}.png", lambda t=target, m=metric:
-                ovm.plot_param_importances(study, target=t, target_name=m))
+            add(f"sweep/importance_{name}.png", functools.partial(
+                ovm.plot_param_importances, study, target=target, target_name=metric))
         else:
             notes.append(f"sweep/importance_{name}.png: skipped (needs 2 complete trials)")
         if len(params) == 2:
-            add(f"sweep/contour_{name}.png", lambda t=target, m=metric: ovm.plot_contour(
-                study, params=list(params), target=t, target_name=m))
+            add(f"sweep/contour_{name}.png", functools.partial(
+                ovm.plot_contour, study, params=list(params), target=target, target_name=metric))
     if len(metrics) in (2, 3):
         add("sweep/pareto_front.png", lambda: ovm.plot_pareto_front(
             study, target_names=list(metrics)))
