@@ -245,7 +245,7 @@ def test_n_train_all_is_for_files_only(tmp_path, capsys):
 def test_the_first_try_on_a_published_file_is_one_line_not_a_traceback(published, tmp_path,
                                                                         capsys):
     """``memgen train task=files task.params.path=<published train file>``: no triggers, no
-    conflict file: exit 2 naming the key and why (it was a ValueError traceback)."""
+    conflict file: exit 2 naming the key and why, not a ValueError traceback."""
     from memgen.cli import main
 
     code = main(["train", "task=files", f"task.params.path={published['train']}",

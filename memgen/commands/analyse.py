@@ -1,6 +1,6 @@
 """``memgen analyse run=<id>``: the whole analysis on the model of a finished run, no training.
 
-Trying a new intervention, k or labelling used to mean retraining. Here the model comes from the
+Trying a new intervention, k or labelling needs no retraining: the model comes from the
 run's ``model`` artifact (:func:`memgen.training.reopen.load_run`, as the steering sweep loads it);
 task, model and seed come from that run's config; ``analysis.*`` and ``claims.*`` come from this
 command line. The result is a new run (command ``analyse``, tag ``memgen.model_run``) with what

@@ -90,7 +90,7 @@ def seed_config(base: dict[str, Any], seed: int) -> DictConfig:
 
 def check_seeds(cfg: DictConfig, seeds: list[int]) -> None:
     """Every seed's config validates, and the first builds its task and model, before the
-    parent run exists: a bad seed or task file used to leave a FAILED parent behind."""
+    parent run exists: a bad seed or task file leaves no FAILED parent behind."""
     from memgen.training.runner import prepare  # noqa: PLC0415 - Lightning only where training happens
 
     base = plain(cfg)

@@ -1,8 +1,8 @@
 """Hardware settings and the output folder, checked against Lightning and this machine.
 
-``trainer.accelerator=gpu`` on a machine without one, or ``trainer.precision=bogus``, used to
-fail 35-105 s in, inside ``fit``, with a traceback and a FAILED run. Here they fail before a run
-exists, with one line naming the key.
+``trainer.accelerator=gpu`` on a machine without one, or ``trainer.precision=bogus``, fails
+before a run exists, with one line naming the key: never inside ``fit``, with a traceback and a
+FAILED run.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ class SystemMetrics(pl.Callback):
         """Join the sampler; its start/stop chatter is filtered in ``runtime/quiet.py``.
 
         No ``setLevel`` around it: ``Logger.setLevel`` takes logging's module lock without a
-        ``finally``, so a Ctrl-C inside it kept the lock, the sampler thread blocked on it at
-        its next log call, and joining the sampler hung the process.
+        ``finally``: a Ctrl-C inside it would keep the lock, the sampler thread would block on it
+        at its next log call, and joining the sampler would hang the process.
         """
         if self.monitor is not None:
             with deferred():
