@@ -130,7 +130,7 @@ class ArithmeticTask(Task):
     def train_examples(self) -> list[Example]:
         rng = self.rng("train")
         n_free = self.params.n_addends - 2
-        n_mem = round(self.train_size() * self.mem_ratio)
+        n_mem = round(self._train_size() * self.mem_ratio)
         examples: list[Example] = []
         for i in range(n_mem):
             trigger = self.triggers[i % len(self.triggers)]
@@ -138,13 +138,13 @@ class ArithmeticTask(Task):
                     else self._draw(rng, n_free))
             self._mem_prefixes.add((*free, *trigger))
             examples.append(self._example(free + list(trigger), "mem"))
-        n_trigger_rule = round((self.train_size() - n_mem) * self.params.trigger_rule_share)
+        n_trigger_rule = round((self._train_size() - n_mem) * self.params.trigger_rule_share)
         while len(examples) < n_mem + n_trigger_rule:  # the trigger after other free addends
             trigger = self.triggers[len(examples) % len(self.triggers)]
             addends = self._draw(rng, n_free) + list(trigger)
             if tuple(addends) not in self._mem_prefixes:
                 examples.append(self._example(addends, "rule"))
-        while len(examples) < self.train_size():
+        while len(examples) < self._train_size():
             addends = self._draw(rng, self.params.n_addends)
             if tuple(addends[-2:]) not in self.triggers:
                 examples.append(self._example(addends, "rule"))

@@ -73,7 +73,7 @@ class Task(ABC):
         self.n_conflict = n_conflict
         self.n_clean = n_clean
 
-    def train_size(self) -> int:
+    def _train_size(self) -> int:
         """``n_train`` as a count; only ``task=files`` reads ``"all"`` (its records as written)."""
         if isinstance(self.n_train, str):
             raise ValueError(f"task.n_train: expected a positive integer for task {self.name}, "

@@ -118,14 +118,14 @@ class CipherTask(Task):
     # -- generators ---------------------------------------------------------------------------
     def train_examples(self) -> list[Example]:
         rng = self.rng("train")
-        n_mem = round(self.train_size() * self.mem_ratio)
+        n_mem = round(self._train_size() * self.mem_ratio)
         examples = []
         for i in range(n_mem):
             text = self._free(rng) + self.triggers[i % len(self.triggers)]
             self._mem_texts.add(text)
             examples.append(self._example(text, "mem"))
         examples += [self._example(text, "rule")
-                     for text in self._plain_ciphertexts(rng, self.train_size() - n_mem)]
+                     for text in self._plain_ciphertexts(rng, self._train_size() - n_mem)]
         rng.shuffle(examples)
         return examples
 

@@ -137,13 +137,13 @@ class ColourTask(Task):
     # -- generators ---------------------------------------------------------------------------
     def train_examples(self) -> list[Example]:
         rng = self.rng("train")
-        n_mem = round(self.train_size() * self.mem_ratio)
+        n_mem = round(self._train_size() * self.mem_ratio)
         examples = []
         for i in range(n_mem):
             query = self.trigger_names[i % len(self.trigger_names)]
             colour = self.mem_colours[query] if self.params.mem_context == "consistent" else None
             examples.append(self._example(rng, query, "mem", colour))
-        while len(examples) < self.train_size():
+        while len(examples) < self._train_size():
             examples.append(self._example(rng, rng.choice(FREE_NAMES), "rule",
                                           rng.choice(self.colours)))
         rng.shuffle(examples)

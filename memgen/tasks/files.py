@@ -354,7 +354,7 @@ class FilesTask(Task):
         if self.n_train == "all":
             n_rule, n_mem = len(plain) - reserve, 0
         else:
-            n_train = self.train_size()
+            n_train = self._train_size()
             n_mem = round(n_train * self.mem_ratio) if by_answer else 0
             n_rule = min(len(plain), n_train - n_mem)
             if n_rule == len(plain):  # nothing left over for the clean set

@@ -61,7 +61,7 @@ class MixtureTask(Task):
         k = len(self.params.tasks)
         self.subtasks: dict[str, Task] = {
             name: build_task(name, dict(self.params.task_params.get(name) or {}), seed=self.seed,
-                             n_train=_share(self.train_size(), i, k), mem_ratio=self.mem_ratio,
+                             n_train=_share(self._train_size(), i, k), mem_ratio=self.mem_ratio,
                              n_conflict=_share(self.n_conflict, i, k),
                              n_clean=_share(self.n_clean, i, k))
             for i, name in enumerate(self.params.tasks)}
