@@ -37,6 +37,11 @@ replicate: setup
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
+# The quick loop while editing: no model training, no server, no fuzzing, no GPU (a test that
+# trains or serves is marked slow). Every test still runs in `make test`.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not fuzz and not gpu" $(ARGS)
+
 # Refresh the lock on purpose: the newest releases that pyproject.toml's ranges admit, resolved
 # in a throw-away venv next to $(TORCH), frozen to exact versions. Run `make test` after it.
 lock:

@@ -189,6 +189,7 @@ def test_a_missing_store_is_named_and_not_created(tmp_path, capsys, command, arg
 
 
 # -- every analysis pass on padded input has a mask -----------------------------------------------
+@pytest.mark.slow  # fits a model (fit_designed)
 def test_no_analysis_pass_runs_without_an_attention_mask_on_padded_input(tmp_path):
     """A forward hook on the model sees every pass of a full ``analyse_model`` (labelling,
     capture, probes' inputs, steering, grid, consistency): any pass whose ``input_ids`` hold

@@ -67,6 +67,7 @@ def children_of(runs, parent_id):
 
 # -- steering sweeps ----------------------------------------------------------------------------
 
+@pytest.mark.slow  # the module's model_run fixture trains a model
 def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run, tmp_path,
                                                                         monkeypatch):
     counts = {"load_run": 0, "contrast": 0, "unsteered_clean": 0, "run_steering": 0}
@@ -118,6 +119,7 @@ def test_steering_trials_reuse_one_loaded_model_and_log_a_pareto_front(model_run
             "sweep/contour_side_clean_acc_drop.png"} <= artifacts
 
 
+@pytest.mark.slow  # the module's model_run fixture trains a model
 def test_best_trial_on_the_parent_and_a_resume_extends_the_same_study_and_parent(model_run,
                                                                                 tmp_path):
     extra = ["sweep.objectives=[{metric:side/kl,direction:minimize}]",
@@ -252,6 +254,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow  # the module's model_run fixture trains a model
 @pytest.mark.parametrize(("extra", "message"), BAD, ids=[m for _, m in BAD])
 def test_bad_sweeps_fail_before_any_work_with_one_line(model_run, tmp_path, monkeypatch, extra,
                                                        message):
@@ -351,6 +354,7 @@ def test_small_helpers():
     assert redact("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
 
 
+@pytest.mark.slow  # the module's model_run fixture trains a model
 def test_default_storage_sits_next_to_the_tracking_db(model_run, tmp_path):
     cfg = steering_cfg(model_run, tmp_path, **{"sweep.storage": "null"})
     root = model_run[0]
@@ -360,6 +364,7 @@ def test_default_storage_sits_next_to_the_tracking_db(model_run, tmp_path):
     assert plan(cfg).study_name.startswith(f"steering-{model_run[1][:8]}-")
 
 
+@pytest.mark.slow  # the module's model_run fixture trains a model
 def test_default_study_name_follows_the_space_and_objectives_not_the_trial_count(model_run,
                                                                                  tmp_path):
     def name(**keys):
@@ -373,6 +378,7 @@ def test_default_study_name_follows_the_space_and_objectives_not_the_trial_count
 
 
 
+@pytest.mark.slow  # the module's model_run fixture trains a model
 def test_loading_a_run_gives_a_working_model_and_leaves_no_download_behind(model_run):
     import tempfile
 
