@@ -7,6 +7,8 @@ and ``memgen pretrain`` writes a base that ``model=lora`` fine-tunes in a tracke
 
 from __future__ import annotations
 
+import contextlib
+import io
 import shutil
 import time
 from pathlib import Path
@@ -233,19 +235,23 @@ def test_pretrain_text_has_no_memorized_examples(tmp_path):
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """``memgen pretrain`` of a tiny Llama: (metrics, objects, cfg, tmp)."""
+    """``memgen pretrain`` of a tiny Llama, its stdout a log file: (metrics, objects, cfg, tmp,
+    stdout)."""
     from memgen.commands.pretrain import pretrain
 
     tmp = tmp_path_factory.mktemp("pretrain")
     cfg = tiny_cfg(tmp, "model=llama_tiny", "model.n_layer=2", "model.n_embd=32",
-                   "model.n_head=2", "model.intermediate_size=48", "trainer.max_epochs=1")
-    metrics, objects = pretrain(cfg)
-    return metrics, objects, cfg, tmp
+                   "model.n_head=2", "model.intermediate_size=48", "trainer.max_epochs=1",
+                   "trainer.progress_bar=true")
+    log = io.StringIO()  # not a terminal
+    with contextlib.redirect_stdout(log):
+        metrics, objects = pretrain(cfg)
+    return metrics, objects, cfg, tmp, log.getvalue()
 
 
 @pytest.mark.slow
 def test_pretrain_writes_a_loadable_base(pretrained):
-    metrics, objects, cfg, tmp = pretrained
+    metrics, objects, cfg, tmp, _ = pretrained
     path = Path(objects["path"])
     assert path == (tmp / "pretrained" / "arithmetic-llama-seed0").resolve()
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -261,10 +267,20 @@ def test_pretrain_writes_a_loadable_base(pretrained):
 
 
 @pytest.mark.slow
+def test_pretrain_writes_one_line_per_epoch_into_a_log_file(pretrained):
+    """Not a terminal: the progress bar (``trainer.progress_bar=true``) gives way to one
+    flushed line per epoch, as ``memgen train`` does."""
+    *_, log = pretrained
+    assert [line for line in log.splitlines() if line.startswith("epoch ")][0].startswith(
+        "epoch 1/1 train/loss_epoch ")
+    assert "it/s]" not in log and "\r" not in log
+
+
+@pytest.mark.slow
 def test_lora_train_end_to_end(pretrained):
     from memgen.commands.run import train
 
-    _, objects, _, tmp = pretrained
+    _, objects, _, tmp, _ = pretrained
     cfg = lora_cfg(tmp, Path(objects["path"]), "trainer=lora_cpu", *TINY_TRAIN)
     metrics, out = train(cfg)
     client = MlflowClient(cfg.tracking.uri)

@@ -10,6 +10,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -39,6 +41,8 @@ from memgen.tracking.run import (
 )
 from tests.conftest import tiny_overrides
 from tests.helpers_ui import memgen_ui
+
+ROOT = Path(__file__).resolve().parents[1]
 
 METRICS = {
     "kept/mem_rate": 0.35, "kept/gen_rate": 0.55, "kept/other_rate": 0.1, "kept/epoch": 7.0,
@@ -215,6 +219,32 @@ def test_library_noise_is_filtered_and_memgen_warnings_stay(recwarn):
                            ("Failed to start monitoring system metrics: boom", True)):
         record = logging.LogRecord(sampler, logging.INFO, "", 0, message, None, None)
         assert bool(logging.getLogger(sampler).filter(record)) is shown, message
+
+
+SAVE_A_MODEL = """
+import os, sys, tempfile
+if sys.argv[1] == "quiet":
+    from memgen.runtime.quiet import quiet_library_noise
+    quiet_library_noise()
+from transformers import GPT2Config, GPT2LMHeadModel
+config = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8)
+GPT2LMHeadModel(config).save_pretrained(tempfile.mkdtemp())
+print(os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"))
+"""
+
+
+@pytest.mark.parametrize("mode", ["quiet", "plain"])
+def test_library_progress_bars_stay_out_of_the_terminal(mode):
+    """``save_pretrained``'s "Writing model shards" bar (and MLflow's artifact bars) are off in
+    a memgen command; the same save without the filters shows the bar, so the check can fail."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_DISABLE_PROGRESS_BARS", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")}
+    done = subprocess.run([sys.executable, "-c", SAVE_A_MODEL, mode], capture_output=True,
+                          text=True, timeout=300, env=env | {"PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    quiet = mode == "quiet"
+    assert ("Writing model shards" in done.stderr) is not quiet
+    assert done.stdout.strip() == ("false" if quiet else "None")
 
 
 def test_terminal_summary_is_short_with_the_run_link(tmp_path, capsys):

@@ -32,6 +32,7 @@ from memgen.training.data import MemGenDataModule, make_task
 from memgen.training.lightning import make_logger
 from memgen.training.models import build_scratch_model, count_parameters
 from memgen.training.module import MemGenModule
+from memgen.training.progress import EpochLine, stdout_is_terminal
 from memgen.training.tokenizer import build_char_tokenizer
 
 CHARSET = string.printable  # letters, digits, punctuation, whitespace
@@ -84,13 +85,15 @@ def pretrain_dir(cfg: DictConfig) -> Path:
 
 
 def _trainer(cfg: DictConfig, logger) -> pl.Trainer:
-    """Like the pipeline's trainer, but keeps the last epoch: no behavior-balance checkpoint
+    """Like the training runner's trainer, but keeps the last epoch: no behavior-balance checkpoint
     (a rule-only model never answers MEM, so the balance is always 0)."""
     tr = cfg.trainer
+    terminal = stdout_is_terminal()  # else one line per epoch instead of a bar
     return pl.Trainer(
         max_epochs=tr.max_epochs, accelerator=tr.accelerator, devices=tr.devices,
         strategy=tr.strategy, precision=tr.precision, logger=logger, enable_checkpointing=False,
-        enable_progress_bar=tr.progress_bar, enable_model_summary=False,
+        enable_progress_bar=tr.progress_bar and terminal, enable_model_summary=False,
+        callbacks=[] if terminal else [EpochLine()],
         deterministic=tr.deterministic, gradient_clip_val=tr.gradient_clip_val,
         accumulate_grad_batches=tr.accumulate_grad_batches,
         check_val_every_n_epoch=tr.check_val_every_n_epoch, log_every_n_steps=10,
