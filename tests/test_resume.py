@@ -140,22 +140,22 @@ def test_kill_9_at_several_points_then_resume_continues_without_duplicates(tmp_p
 @pytest.mark.slow
 def test_interrupt_during_analysis_then_resume_trains_nothing_again(tmp_path, monkeypatch):
     """Ctrl-C inside the analysis stage: KILLED, exit 130; resume skips training, FINISHED."""
-    from memgen.commands import run as pipeline
+    from memgen.commands import run as run_command
 
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     overrides = small(tmp_path, 2, **{"analysis.consistency": "false",
                                       "analysis.steering.tune": "false"})
-    real = pipeline.analyse_model
+    real = run_command.analyse_model
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "analyse_model", interrupted)
+    monkeypatch.setattr(run_command, "analyse_model", interrupted)
     assert main(["run", *overrides]) == 130
     (run,) = runs(uri)
     assert run.info.status == "KILLED"
     steps_before = len(MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss_step"))
-    monkeypatch.setattr(pipeline, "analyse_model", real)
+    monkeypatch.setattr(run_command, "analyse_model", real)
     assert main(["run", f"resume={run.info.run_id}", f"tracking.uri={uri}"]) == 0
     client = MlflowClient(uri)
     assert len(client.get_metric_history(run.info.run_id, "train/loss_step")) == steps_before

@@ -106,7 +106,7 @@ def check_seeds(cfg: DictConfig, seeds: list[int]) -> None:
 def run_seeds(job: SeedJob) -> None:
     """A worker: each of its seeds as one ``memgen run`` child; a failing seed is recorded
     (its child ends FAILED) and the next one goes on. Ctrl-C stops the worker."""
-    from memgen.commands import run as pipeline  # noqa: PLC0415 - Lightning only where training happens
+    from memgen.commands.run import run  # noqa: PLC0415 - Lightning only where training happens
     from memgen.sweeps.trials import failed_child  # noqa: PLC0415
 
     for seed in job.seeds:
@@ -118,7 +118,7 @@ def run_seeds(job: SeedJob) -> None:
 
                 analyse(cfg, parent_run_id=job.parent_run_id, run_name=name)
             else:
-                pipeline.run(cfg, parent_run_id=job.parent_run_id, run_name=name)
+                run(cfg, parent_run_id=job.parent_run_id, run_name=name)
         except ConfigError as exc:  # nothing ran: a FAILED child says why
             failed_child(cfg, job.parent_run_id, name, {"seed": str(seed)}, {"seed": seed},
                          str(exc), command="analyse" if job.models else "run")
