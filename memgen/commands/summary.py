@@ -5,15 +5,14 @@ from __future__ import annotations
 import shlex
 
 from memgen.commands.ui import ui_command
+from memgen.reporting.headline import headline
+from memgen.tracking.links import run_url
+from memgen.tracking.store import tracking_uri
 
 
 def print_summary(command: str, metrics: dict[str, float], objects: dict, cfg) -> None:
     """The headline (about 20 lines; every metric with ``tracking.full_summary=true``) and
     the link to the run's page."""
-    from memgen.reporting.headline import headline  # noqa: PLC0415
-    from memgen.tracking.links import run_url  # noqa: PLC0415
-    from memgen.tracking.store import tracking_uri  # noqa: PLC0415
-
     full = bool(cfg.tracking.get("full_summary"))
     if command in ("run", "train", "analyse") and not full:
         print("\n" + "\n".join(headline(metrics, objects.get("claims"))))
@@ -42,8 +41,6 @@ def print_summary(command: str, metrics: dict[str, float], objects: dict, cfg) -
 
 def _experiment_of(cfg, run_id: str) -> str | None:
     from mlflow.tracking import MlflowClient  # noqa: PLC0415
-
-    from memgen.tracking.store import tracking_uri  # noqa: PLC0415
 
     try:
         return MlflowClient(tracking_uri(cfg)).get_run(run_id).info.experiment_id

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 from memgen.errors import ConfigError
+from memgen.tracking.store import artifact_root, tracking_uri
 
 
 def check_port(port: int) -> None:
     """``memgen ui --port``: in range and free, checked before the server replaces this process
-    (a server that cannot bind printed a traceback and exited 0)."""
-    import socket  # noqa: PLC0415
-
+    (a server that cannot bind would print a traceback and exit 0)."""
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port: expected a port in 1..65535, got {port}")
     with socket.socket() as sock:
@@ -30,8 +30,6 @@ def ui_command(cfg, port: int) -> list[str]:
     Artifacts of new experiments are proxied (``--artifacts-destination``), so clients on other
     machines can log them; experiments made on the local store keep their local paths.
     """
-    from memgen.tracking.store import artifact_root, tracking_uri  # noqa: PLC0415
-
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri(cfg),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     root = artifact_root(cfg)
