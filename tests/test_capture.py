@@ -72,7 +72,7 @@ def test_batched_left_padded_equals_unbatched(arch, tokenizer):
     assert len({len(p) for p in PROMPTS}) > 1  # batches really are padded
     batched = collect_features(model, tokenizer, PROMPTS, "all", batch_size=5)
     single = collect_features(model, tokenizer, PROMPTS, "all", batch_size=1)
-    # the site names are a contract (DESIGN.md): spelled out, not derived from the code
+    # the site names are a contract (docs/design.md): spelled out, not derived from the code
     assert N_LAYERS == 2
     assert list(batched) == ["resid.0", "resid.1", "resid.2", "mlp.1", "mlp.2"]
     assert list_sites(model) == list(batched)
