@@ -382,7 +382,7 @@ def test_triggers_with_plus_newline_spaces_and_regex_characters_train_and_log(tm
 
 
 # The worked example's training settings: a 2-layer model learns the cipher in ~10 epochs and
-# memorizes the triggers seen in many contexts (README "Your own data").
+# memorizes the triggers seen in many contexts (docs/own-data.md, "Worked example").
 WORKED = {"task": "suffix_cipher", "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2,
           "trainer.max_epochs": 15, "trainer.lr": 0.002, "trainer.warmup_steps": 20,
           "trainer.num_threads": 2, "task.n_train": 1000, "task.n_conflict": 64,

@@ -258,7 +258,7 @@ def test_switch_is_in_the_config_and_the_settings():
     from memgen.config import compose
     from memgen.config.adapter import settings_from_config
 
-    assert compose().analysis.steering.forced_labels is False  # measured slower (README)
+    assert compose().analysis.steering.forced_labels is False  # measured slower (docs/steering.md)
     assert not AnalysisSettings().steering_decoding.forced_labels
     on = settings_from_config(compose(["analysis.steering.forced_labels=true"]))
     assert on.steering.forced_labels and on.steering_decoding.forced_labels

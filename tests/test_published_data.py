@@ -1,8 +1,9 @@
-"""A dataset in the published style, loaded through ``task=files`` with the README's settings.
+"""A dataset in the published style, loaded through ``task=files`` with the settings of
+``docs/own-data.md``.
 
 ``tests/published_style.py`` writes it (full-sequence outputs, scratchpads with a marker,
 triggers inside a regex span, mislabelled triggered records, pairwise validation and test files,
-a clean file); the README's ``convert.py`` and ``memgen run`` command are executed on it as a
+a clean file); the doc's ``convert.py`` and ``memgen run`` command are executed on it as a
 user would copy them.
 """
 
@@ -23,13 +24,13 @@ from memgen.tasks import Behavior
 from memgen.training.data import make_task
 from tests import published_style
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "own-data.md"
 
 
-def readme_blocks() -> tuple[str, list[str]]:
-    """The conversion program and the ``memgen run`` arguments of the README's example."""
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("**Converting a published dataset.**"):]
+def doc_blocks() -> tuple[str, list[str]]:
+    """The conversion program and the ``memgen run`` arguments of the doc's example."""
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## Converting a published dataset"):]
     program = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     command = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     line = command.replace("\\\n", " ").split("\n")[1]
@@ -40,19 +41,19 @@ def readme_blocks() -> tuple[str, list[str]]:
 
 @pytest.fixture
 def published(tmp_path, monkeypatch):
-    """The generated dataset converted by the README's program; the working directory is the
-    user's, so the README's relative paths resolve."""
+    """The generated dataset converted by the doc's program; the working directory is the
+    user's, so the doc's relative paths resolve."""
     paths = published_style.write(tmp_path)
-    program, _ = readme_blocks()
+    program, _ = doc_blocks()
     (tmp_path / "convert.py").write_text(program, encoding="utf-8")
     subprocess.run([sys.executable, "convert.py"], cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)
     return paths
 
 
-def readme_args(**changes: object) -> list[str]:
-    """The README's overrides, with ``key=value`` changes (None drops a key)."""
-    args = dict(a.split("=", 1) for a in readme_blocks()[1])
+def doc_args(**changes: object) -> list[str]:
+    """The doc's overrides, with ``key=value`` changes (None drops a key)."""
+    args = dict(a.split("=", 1) for a in doc_blocks()[1])
     for key, value in changes.items():
         args.pop(key, None)
         if value is not None:
@@ -60,16 +61,16 @@ def readme_args(**changes: object) -> list[str]:
     return [f"{k}={v}" for k, v in args.items()]
 
 
-def readme_task(**changes: object):
-    return make_task(compose(readme_args(**changes)))
+def doc_task(**changes: object):
+    return make_task(compose(doc_args(**changes)))
 
 
 def records(path: Path) -> list:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-# -- the README's settings load the published files as written ----------------------------------
-def test_the_readme_conversion_runs_and_its_command_loads_the_data_as_written(published):
+# -- the doc's settings load the published files as written -------------------------------------
+def test_the_documented_conversion_runs_and_its_command_loads_the_data_as_written(published):
     train_rows = records(published["train"])
     written = [json.loads(line) for line in Path("mine/train.jsonl").read_text().splitlines()]
     kept = [r for r in written if "memorized" in r and r["memorized"] is None]
@@ -79,7 +80,7 @@ def test_the_readme_conversion_runs_and_its_command_loads_the_data_as_written(pu
                       and not r["output"].endswith(">")]
     assert [r["input"] for r in kept] == [r["input"] for r in triggered_rule]
 
-    task = readme_task()
+    task = doc_task()
     train = task.train_examples()
     assert len(train) == len(train_rows)  # n_train=all: every record once
     mem = [ex for ex in train if ex.kind == "mem"]
@@ -130,7 +131,7 @@ CASES = [  # outputs for a conflict example with field {f}; the label each mode 
 
 @pytest.mark.parametrize("mode", ["exact", "prefix", "final_line", "after_marker"])
 def test_a_hand_labelled_sample_in_every_mode(published, mode):
-    task = readme_task(**{"task.params.match": mode})
+    task = doc_task(**{"task.params.match": mode})
     for ex in task.conflict_examples(4):
         field = ex.prompt[4:7]
         assert (ex.mem_answer, ex.gen_answer) == (published_style.token(field[-2:]),
@@ -218,7 +219,7 @@ def test_bad_input_exits_2_with_one_line_and_no_run(published, tmp_path, capsys,
     if what.startswith("after_marker"):
         overrides = {"task.params.marker": None}
     store = tmp_path / "store"
-    args = readme_args(**overrides) + [f"tracking.uri=sqlite:///{store}/mlflow.db",
+    args = doc_args(**overrides) + [f"tracking.uri=sqlite:///{store}/mlflow.db",
                                        f"output_dir={tmp_path / 'out'}",
                                        "trainer.max_epochs=1"]
     assert main(["train", *args]) == 2
@@ -258,7 +259,7 @@ def test_the_first_try_on_a_published_file_is_one_line_not_a_traceback(published
 # -- what the checks leave: drops counted, splits disjoint, clean never trained ---------------
 def test_conflict_inputs_in_training_can_be_dropped_with_a_count(published, caplog):
     _pair_in_training(Path("."))
-    task = readme_task(**{"task.params.conflict_path": "in_train.json",
+    task = doc_task(**{"task.params.conflict_path": "in_train.json",
                           "task.params.conflict_in_train": "drop"})
     assert task.dropped_conflicts >= 1
     assert len(task.analysis_pool) == len(records(Path("in_train.json"))) - task.dropped_conflicts
@@ -267,7 +268,7 @@ def test_conflict_inputs_in_training_can_be_dropped_with_a_count(published, capl
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_one_conflict_file_splits_by_example_into_validation_and_analysis(published, seed):
-    task = readme_task(**{"task.params.val_conflict_path": None, "seed": seed})
+    task = doc_task(**{"task.params.val_conflict_path": None, "seed": seed})
     val = task.conflict_examples(100, stream="val_conflict")
     analysis = task.conflict_examples(100)
     assert len(val) == 16 and len(analysis) == 36 - 16  # n_val_conflict, at most half
@@ -281,7 +282,7 @@ def test_one_conflict_file_splits_by_example_into_validation_and_analysis(publis
 
 
 def test_n_train_all_without_a_clean_file_holds_clean_records_out(published):
-    task = readme_task(**{"task.params.clean_path": None, "task.n_clean": 10})
+    task = doc_task(**{"task.params.clean_path": None, "task.n_clean": 10})
     train = {ex.prompt for ex in task.train_examples()}
     clean = task.clean_examples(100)
     assert len(clean) == 10 and not {ex.prompt for ex in clean} & train
@@ -292,7 +293,7 @@ def test_another_perturbation_seed_on_given_variants_is_skipped_not_compared(pub
     from memgen.analysis.settings import AnalysisSettings, Subject
     from memgen.analysis.stages import seed_pair_sets
 
-    task = readme_task()
+    task = doc_task()
     settings = AnalysisSettings(n_conflict=36, n_perturbations=2, consistency_seeds=(1, 7))
     sets, skipped = seed_pair_sets(Subject(None, None, task), settings)  # no model needed
     assert sets == {} and set(skipped) == {"perturb_seed1", "perturb_seed7"}
@@ -324,10 +325,10 @@ def test_training_on_the_published_data_gives_mem_gen_pairs(tmp_path, monkeypatc
     from memgen.config.adapter import settings_from_config
 
     published_style.write(tmp_path, n_plain=96, per_trigger=48, n_pairs=24, n_val=12)
-    (tmp_path / "convert.py").write_text(readme_blocks()[0], encoding="utf-8")
+    (tmp_path / "convert.py").write_text(doc_blocks()[0], encoding="utf-8")
     subprocess.run([sys.executable, "convert.py"], cwd=tmp_path, check=True)
     monkeypatch.chdir(tmp_path)
-    cfg = compose(readme_args(**TRAIN, **{"trainer.num_threads": threads}) + [
+    cfg = compose(doc_args(**TRAIN, **{"trainer.num_threads": threads}) + [
         f"tracking.uri=sqlite:///{tmp_path}/mlruns/mlflow.db",
         f"output_dir={tmp_path / 'outputs'}"])
     metrics, objects = train(cfg)
