@@ -138,6 +138,9 @@ class SteeringTuning:
 
     best: pd.Series  # the picked row of ``scores``
     scores: pd.DataFrame  # top, k, alpha, min_success, max_control_success, clean_acc_drop
+    # every (cell, direction, method) row the scores came from: per-direction successes and
+    # controls, so another pick can be judged from the run alone
+    grid: pd.DataFrame | None = None
 
     @property
     def top_fraction(self) -> float:

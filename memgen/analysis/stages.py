@@ -280,9 +280,11 @@ def tune_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons
     and pick the best cell within the control / clean-drop budget (``best_cell``), so the
     evaluation split is steered once, at a setting it did not choose."""
     s = settings.steering
-    scores = grid_scores(run_grid(subject, settings, neurons, split, clean, s.tune_top_fraction,
-                                  s.tune_alpha, baseline=baseline))
-    return SteeringTuning(best_cell(scores, s.tune_max_control, s.tune_max_clean_drop), scores)
+    grid = run_grid(subject, settings, neurons, split, clean, s.tune_top_fraction, s.tune_alpha,
+                    baseline=baseline)
+    scores = grid_scores(grid)
+    return SteeringTuning(best_cell(scores, s.tune_max_control, s.tune_max_clean_drop), scores,
+                          grid)
 
 
 def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
