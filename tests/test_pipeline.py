@@ -56,6 +56,11 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
             "steering/tuning.csv"} <= paths("steering")
     assert metrics["steer/tuned/alpha"] in cfg.analysis.steering.tune_alpha
     assert metrics["steer/tuned/top_fraction"] in cfg.analysis.steering.tune_top_fraction
+    # tune_per_direction (the default): each direction steered at its own tuned cell
+    for direction in ("to_gen", "to_mem"):
+        assert metrics[f"steer/{direction}/alpha"] == metrics[f"steer/tuned/{direction}/alpha"]
+        assert metrics[f"steer/{direction}/k"] == metrics[f"steer/tuned/{direction}/k"]
+    assert "steering/tuning_grid.csv" in paths("steering")
     assert "probes/accuracy_by_layer.png" in paths("probes")
     assert {"consistency/intra.csv", "consistency/transfer.csv"} <= paths("consistency")
 
