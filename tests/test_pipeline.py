@@ -56,6 +56,11 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
             "steering/tuning.csv"} <= paths("steering")
     assert metrics["steer/tuned/alpha"] in cfg.analysis.steering.tune_alpha
     assert metrics["steer/tuned/top_fraction"] in cfg.analysis.steering.tune_top_fraction
+    # tune_per_direction (the default): each direction steered at its own tuned cell
+    for direction in ("to_gen", "to_mem"):
+        assert metrics[f"steer/{direction}/alpha"] == metrics[f"steer/tuned/{direction}/alpha"]
+        assert metrics[f"steer/{direction}/k"] == metrics[f"steer/tuned/{direction}/k"]
+    assert "steering/tuning_grid.csv" in paths("steering")
     assert "probes/accuracy_by_layer.png" in paths("probes")
     assert {"consistency/intra.csv", "consistency/transfer.csv"} <= paths("consistency")
 
@@ -136,7 +141,9 @@ def test_analysis_is_deterministic_on_one_model(trained_run):
 
 
 def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch):
-    """The evaluation split is steered once, at a setting picked without it."""
+    """The evaluation split is steered once per direction, at settings picked without it."""
+    import dataclasses
+
     import memgen.analysis.stages as stages
 
     subject, settings = _subject_and_settings(trained_run)
@@ -153,10 +160,24 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
 
     monkeypatch.setattr(stages, "steering_grid", grid_spy)
     monkeypatch.setattr(stages, "evaluate_steering", steer_spy)
+    # tune_per_direction (the default): once per direction, each at its own tuned cell
     result = stages.analyse_model(subject, settings, stages=("neurons", "steering"))
     selection = {ex.prompt for ex in result.behaviors.selection.examples}
     evaluation = {ex.prompt for ex in result.behaviors.evaluation.examples}
     assert grids == [selection]
+    assert [prompts == evaluation for prompts, _, _ in steered] == [True, True]
+    cells = result.tuning.by_direction
+    assert [(alpha, k) for _, alpha, k in steered] == [
+        (cells[d]["alpha"], cells[d]["k"]) for d in ("to_gen", "to_mem")]
+    assert {d: result.steering.cell(d) for d in cells} == {
+        d: (cells[d]["k"], cells[d]["alpha"]) for d in cells}
+    # one cell for both directions: steered once, at the joint pick
+    grids.clear()
+    steered.clear()
+    joint = dataclasses.replace(settings, steering=dataclasses.replace(
+        settings.steering, tune_per_direction=False))
+    result = stages.analyse_model(subject, joint, stages=("neurons", "steering"))
+    assert grids == [selection] and not result.tuning.by_direction
     assert len(steered) == 1 and steered[0][0] == evaluation
     assert steered[0][1] == result.tuning.alpha == result.steering.alpha
 

@@ -72,7 +72,9 @@ def test_validation_variants_come_from_the_validation_streams():
     assert [ex.prompt for ex in originals] == [g[0].prompt for g in expected]
 
 
-def test_module_logs_pair_yield_from_variants_and_rates_from_originals(monkeypatch):
+@pytest.mark.parametrize(("both_min_rate", "bonus"), [(None, 1.0), (0.3, 1.0), (0.4, 0.0)])
+def test_module_logs_pair_yield_from_variants_and_rates_from_originals(monkeypatch,
+                                                                      both_min_rate, bonus):
     import memgen.training.module as module_mod
     from memgen.training.module import MemGenModule
 
@@ -87,6 +89,8 @@ def test_module_logs_pair_yield_from_variants_and_rates_from_originals(monkeypat
     cfg = OmegaConf.create({"model": {"kind": "scratch"},
                             "analysis": {"decoding": {"num_beams": 1}},
                             "task": {"max_new_tokens": 4, "n_val_perturbations": 2}})
+    if both_min_rate is not None:
+        cfg.trainer = {"both_min_rate": both_min_rate}
     module = MemGenModule(None, None, task, cfg)
     logged = {}
     monkeypatch.setattr(module, "log", lambda k, v, **kw: logged.__setitem__(k, float(v)))
@@ -97,6 +101,9 @@ def test_module_logs_pair_yield_from_variants_and_rates_from_originals(monkeypat
     module.on_validation_epoch_end()
     assert batch[0].mem_answer == mem[0]
     assert logged["val/pair_yield"] == pytest.approx(2 / 3)
+    # + 1 where both behaviours reach trainer.both_min_rate (default 0.2) of the originals:
+    # GEN is 1/3 here
+    assert logged["val/pair_yield_with_both"] == pytest.approx(bonus + 2 / 3)
     # originals: MEM, MEM, GEN
     assert logged["val/mem_rate"] == pytest.approx(2 / 3)
     assert logged["val/gen_rate"] == pytest.approx(1 / 3)
@@ -114,10 +121,10 @@ def test_pair_yield_checkpoint_needs_validation_variants(tmp_path):
 
 
 @pytest.mark.parametrize(("task", "n_val", "kept_by"), [
-    ("arithmetic", None, "val/pair_yield"),  # the default: 3 validation variants
+    ("arithmetic", None, "val/pair_yield_with_both"),  # the default: 3 validation variants
     ("arithmetic", 1, "val/behavior_balance"),
     ("colour", None, "val/behavior_balance"),  # originals only
-    ("colour", 2, "val/pair_yield")])
+    ("colour", 2, "val/pair_yield_with_both")])
 def test_auto_checkpoint_metric_follows_the_validation_variants(tmp_path, task, n_val, kept_by):
     overrides = {"task": task} | ({"task.n_val_perturbations": n_val} if n_val else {})
     cfg = compose(tiny_overrides(tmp_path, **overrides))

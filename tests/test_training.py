@@ -89,10 +89,18 @@ def test_tiny_training_run_learns_and_is_tracked(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, reloaded(ids).logits)
     # the kept checkpoint is the best validated epoch: its score is the history's maximum
-    # (checkpoint_metric=auto: the default's validation variants make it the pair yield)
-    yields = [m.value for m in client.get_metric_history(run_id, "val/pair_yield")]
-    assert len(yields) == 4
-    assert metrics["val/best_pair_yield"] == pytest.approx(max(yields))
+    # (checkpoint_metric=auto: the default's validation variants make it the pair yield among
+    # the epochs showing both behaviours, val/pair_yield_with_both)
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "val/pair_yield")}
+    scores = {m.step: m.value
+              for m in client.get_metric_history(run_id, "val/pair_yield_with_both")}
+    assert len(history) == len(scores) == 4
+    mems = {m.step: m.value for m in client.get_metric_history(run_id, "val/mem_rate")}
+    gens = {m.step: m.value for m in client.get_metric_history(run_id, "val/gen_rate")}
+    for step, score in scores.items():  # 1 + yield exactly where both reach 0.2
+        both = min(mems[step], gens[step]) >= 0.2 - 1e-6
+        assert score == pytest.approx(history[step] + both, abs=1e-6)
+    assert metrics["val/best_pair_yield_with_both"] == pytest.approx(max(scores.values()))
     assert run.data.tags["best_checkpoint"].endswith(".ckpt")
 
 

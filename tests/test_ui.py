@@ -274,11 +274,11 @@ def test_a_finished_run_shows_its_name_description_report_and_lineage(trained_ru
     note = run.data.tags["mlflow.note.content"]
     assert "kept checkpoint (epoch" in note and "MEM->GEN" in note and "claims:" in note
     m = run.data.metrics
-    assert m["val/best_pair_yield"] == rounded(objects["trained"].metrics[
-        "val/best_pair_yield"])  # printed in the terminal, now logged too (rounded)
+    assert m["val/best_pair_yield_with_both"] == rounded(objects["trained"].metrics[
+        "val/best_pair_yield_with_both"])  # printed in the terminal, now logged too (rounded)
     assert "kept/epoch" in m and any(k.startswith("system/cpu") for k in m)
     assert any(k.startswith("lr-") for k in m)
-    for key in ("kept/mem_rate", "val/best_pair_yield", "claims/pairs/value"):
+    for key in ("kept/mem_rate", "val/best_pair_yield_with_both", "claims/pairs/value"):
         assert [h.step for h in client.get_metric_history(run.info.run_id, key)] == [0]
     assert not [k for k in run.data.params if k.startswith("model.lora")]
     (dataset,) = run.inputs.dataset_inputs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -82,9 +82,10 @@ def _sources(behaviors: Behaviors, split: Split, seed: int
 
 
 def _add_margins(subject: Subject, settings: AnalysisSettings, result: SteeringResult,
-                 selection: NeuronSelection, split: Split, positions: str) -> None:
-    """The margins of the legacy result's selected items, with the same add hooks."""
-    main = kinds_mod.build("add", selection, {})
+                 selection: NeuronSelection | Mapping[str, NeuronSelection], split: Split,
+                 positions: str) -> None:
+    """The margins of the legacy result's selected items, with the same add hooks (each
+    direction's own selection and alpha where they were tuned per direction)."""
     by_prompt = {ex.prompt: ex for ex in split.examples}
     items = result.items
     items["margin_before"] = math.nan
@@ -96,7 +97,9 @@ def _add_margins(subject: Subject, settings: AnalysisSettings, result: SteeringR
             continue
         bs = settings.decoding.batch_size
         items.loc[rows, "margin_before"] = margins(subject, examples, batch_size=bs).numpy()
-        items.loc[rows, "margin_after"] = margins(subject, examples, main, result.alpha, d,
+        chosen = selection[d] if isinstance(selection, Mapping) else selection
+        main = kinds_mod.build("add", chosen, {})
+        items.loc[rows, "margin_after"] = margins(subject, examples, main, result.cell(d)[1], d,
                                                   positions, bs).numpy()
 
 
@@ -127,7 +130,8 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
               features: Features, behaviors: Behaviors, clean: list[Example],
               baseline: CleanBaseline | None, pool_of: Callable[[str], dict[str, SiteStats]],
               legacy: SteeringResult | None = None,
-              legacy_selection: NeuronSelection | None = None) -> KindsReport:
+              legacy_selection: NeuronSelection | Mapping[str, NeuronSelection] | None = None
+              ) -> KindsReport:
     """See the module docstring; ``pool_of(sites)`` gives the steerable sites' statistics."""
     s, d = settings.steering, settings.steering_decoding
     sel_split, ev_split = behaviors.selection, behaviors.evaluation

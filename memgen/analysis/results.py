@@ -138,6 +138,11 @@ class SteeringTuning:
 
     best: pd.Series  # the picked row of ``scores``
     scores: pd.DataFrame  # top, k, alpha, min_success, max_control_success, clean_acc_drop
+    # every (cell, direction, method) row the scores came from: per-direction successes and
+    # controls, so another pick can be judged from the run alone
+    grid: pd.DataFrame | None = None
+    # ``tune_per_direction``: each direction's own pick (a ``direction_scores`` row)
+    by_direction: dict[str, pd.Series] = field(default_factory=dict)
 
     @property
     def top_fraction(self) -> float:
@@ -148,9 +153,15 @@ class SteeringTuning:
         return float(self.best["alpha"])
 
     def metrics(self) -> dict[str, float]:
-        return {"steer/tuned/top_fraction": self.top_fraction, "steer/tuned/alpha": self.alpha,
-                "steer/tuned/k": float(self.best["k"]),
-                "steer/tuned/score": float(self.best["score"])}
+        out = {"steer/tuned/top_fraction": self.top_fraction, "steer/tuned/alpha": self.alpha,
+               "steer/tuned/k": float(self.best["k"]),
+               "steer/tuned/score": float(self.best["score"])}
+        for direction, row in self.by_direction.items():
+            out |= {f"steer/tuned/{direction}/top_fraction": float(row["top"]),
+                    f"steer/tuned/{direction}/alpha": float(row["alpha"]),
+                    f"steer/tuned/{direction}/k": float(row["k"]),
+                    f"steer/tuned/{direction}/score": float(row["score"])}
+        return out
 
 
 @dataclass

@@ -54,6 +54,8 @@ class SteeringSettings:
     tune_max_control: float | None = 0.1
     tune_max_clean_drop: float | None = 0.02
     tune_max_items: int | None = 150  # per behaviour, tuning and grid (None: every item)
+    # each direction at its own (top_fraction, alpha): +NMD and -NMD are two interventions
+    tune_per_direction: bool = True
     controls: tuple[str, ...] = ("random", "low_r", "shuffled")
     # issue 26: the intervention (steering/intervene.py) and what tuning compares
     kind: str = "add"  # add | add_scaled | set_mean | interchange | ablate

@@ -59,11 +59,18 @@ from memgen.analysis.steering.evaluation import (
     SteeringResult,
     clean_baseline,
     evaluate_steering,
+    merge_directions,
     summary_metrics,
 )
 from memgen.analysis.steering.forced_labels import counting
 from memgen.analysis.steering.intervene import positions_of
-from memgen.analysis.steering.tuning import best_cell, grid_scores, steering_grid
+from memgen.analysis.steering.tuning import (
+    best_cell,
+    best_cells,
+    direction_scores,
+    grid_scores,
+    steering_grid,
+)
 from memgen.analysis.timing import StageTimer
 from memgen.tasks import Behavior, Example
 
@@ -280,14 +287,26 @@ def tune_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons
     and pick the best cell within the control / clean-drop budget (``best_cell``), so the
     evaluation split is steered once, at a setting it did not choose."""
     s = settings.steering
-    scores = grid_scores(run_grid(subject, settings, neurons, split, clean, s.tune_top_fraction,
-                                  s.tune_alpha, baseline=baseline))
-    return SteeringTuning(best_cell(scores, s.tune_max_control, s.tune_max_clean_drop), scores)
+    grid = run_grid(subject, settings, neurons, split, clean, s.tune_top_fraction, s.tune_alpha,
+                    baseline=baseline)
+    scores = grid_scores(grid)
+    by_direction = (best_cells(direction_scores(grid), s.tune_max_control,
+                               s.tune_max_clean_drop) if per_direction(settings) else {})
+    return SteeringTuning(best_cell(scores, s.tune_max_control, s.tune_max_clean_drop), scores,
+                          grid, by_direction)
+
+
+def per_direction(settings: AnalysisSettings) -> bool:
+    """Whether tuning picks a cell per direction: ``tune_per_direction`` for the add
+    intervention at the last prompt token or every pass (the others tune through kinds)."""
+    s = settings.steering
+    return (s.tune_per_direction and s.kind == "add"
+            and positions_of(s.positions, s.last_prompt_only) in ("last_prompt", "every_pass"))
 
 
 def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
-                 clean: list[Example], baseline: CleanBaseline | None = None
-                 ) -> SteeringResult:
+                 clean: list[Example], baseline: CleanBaseline | None = None,
+                 directions: tuple[str, ...] = ("to_gen", "to_mem")) -> SteeringResult:
     """Steer ``split`` at the set (k, alpha), next to every control; a ``kind`` other than add
     or ``positions`` prompt/all steer through ``steering.compare`` (add_scaled and interchange
     need the activations and pairs: ``analyse_model``)."""
@@ -302,7 +321,25 @@ def run_steering(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
     return evaluate_steering(subject, split.examples, split.behaviors, selection, s.alpha,
                              controls, decoding=settings.steering_decoding,
                              clean_examples=clean,
-                             baseline=baseline, last_prompt_only=s.last_prompt_only)
+                             baseline=baseline, last_prompt_only=s.last_prompt_only,
+                             directions=directions)
+
+
+def settings_by_direction(settings: AnalysisSettings, cells: dict[str, pd.Series]
+                          ) -> dict[str, AnalysisSettings]:
+    """The settings each direction is steered with: its tuned (top_fraction, alpha)."""
+    return {d: settings.with_steering(settings.steering.at(cell["top"], cell["alpha"]))
+            for d, cell in cells.items()}
+
+
+def run_steering_by_direction(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
+                              split: Split, clean: list[Example],
+                              cells: dict[str, pd.Series],
+                              baseline: CleanBaseline | None = None) -> SteeringResult:
+    """Each direction steered once at its own tuned cell (``tune_per_direction``), merged."""
+    return merge_directions({
+        d: run_steering(subject, at, neurons, split, clean, baseline, directions=(d,))
+        for d, at in settings_by_direction(settings, cells).items()})
 
 
 def run_grid(subject: Subject, settings: AnalysisSettings, neurons: Neurons, split: Split,
@@ -537,12 +574,21 @@ def _analyse_model(subject: Subject, settings: AnalysisSettings, stages: tuple[s
             steered = settings.with_steering(
                 settings.steering.at(result.tuning.top_fraction, result.tuning.alpha))
             timer.lap("steering_tuning")
-        result.steering = run_steering(subject, steered, neurons, behaviors.evaluation, clean,
-                                       baseline)
+        cells = result.tuning.by_direction if result.tuning is not None else {}
+        if cells:
+            result.steering = run_steering_by_direction(
+                subject, settings, neurons, behaviors.evaluation, clean, cells, baseline)
+            selections: NeuronSelection | dict[str, NeuronSelection] = {
+                d: steering_selection(at, neurons)
+                for d, at in settings_by_direction(settings, cells).items()}
+        else:
+            result.steering = run_steering(subject, steered, neurons, behaviors.evaluation,
+                                           clean, baseline)
+            selections = steering_selection(steered, neurons)
         result.metrics |= summary_metrics(result.steering)
         result.kinds = run_kinds(subject, steered, neurons, features, behaviors, clean,
                                  baseline, lambda spec: _pool(neurons, spec), result.steering,
-                                 steering_selection(steered, neurons))
+                                 selections)
         result.metrics |= result.kinds.metrics
         timer.lap("steering_evaluation")
     if "grid" in stages:

@@ -28,6 +28,7 @@ def settings_from_config(cfg: DictConfig) -> AnalysisSettings:
         tune_alpha=tuple(s.tune_alpha), tune_max_control=s.tune_max_control,
         tune_max_clean_drop=s.tune_max_clean_drop,
         tune_max_items=None if s.tune_max_items is None else int(s.tune_max_items),
+        tune_per_direction=bool(s.tune_per_direction),
         controls=tuple(s.controls),
         kind=str(s.kind), positions=None if s.positions is None else str(s.positions),
         tune_kinds=tuple(s.tune_kinds), tune_positions=tuple(s.tune_positions),

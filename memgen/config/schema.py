@@ -25,17 +25,22 @@ def ranged(default: Any = dataclasses.MISSING, low: float | None = 0, high: floa
 
 
 MAX_EXAMPLES = 100_000_000  # a task size beyond this would generate for hours, not fail
-CHECKPOINT_METRICS = ("auto", "val/behavior_balance", "val/mem_gen_product", "val/pair_yield")
+CHECKPOINT_METRICS = ("auto", "val/behavior_balance", "val/mem_gen_product", "val/pair_yield",
+                      "val/pair_yield_with_both")
+NEEDS_VARIANTS = ("val/pair_yield", "val/pair_yield_with_both")
 
 
 def checkpoint_metric(cfg: DictConfig) -> str:
-    """The validation metric that picks the kept checkpoint. ``auto``: the pair yield where the
-    task draws validation variants (``task.n_val_perturbations`` >= 2: it measures what the
-    analysis needs, examples whose variants split between MEM and GEN), else the balance."""
+    """The validation metric that picks the kept checkpoint. ``auto``: where the task draws
+    validation variants (``task.n_val_perturbations`` >= 2), the pair yield among the epochs
+    that show both behaviours (``val/pair_yield_with_both``: what the analysis needs, examples
+    whose variants split between MEM and GEN, and both behaviours to contrast), else the
+    balance."""
     metric = str(cfg.trainer.checkpoint_metric)
     if metric != "auto":
         return metric
-    return "val/pair_yield" if cfg.task.n_val_perturbations >= 2 else "val/behavior_balance"
+    return ("val/pair_yield_with_both" if cfg.task.n_val_perturbations >= 2
+            else "val/behavior_balance")
 
 
 def plain(cfg: DictConfig, resolve: bool = True) -> dict[str, Any]:
@@ -105,9 +110,13 @@ class TrainerConfig:
     num_threads: int = ranged(0, 0, 4096)  # 0 = torch default
     limit_train_batches: float = 1.0
     log_every_n_steps: int = ranged(10, 1)
-    # auto (val/pair_yield where task.n_val_perturbations >= 2, else val/behavior_balance),
-    # val/behavior_balance, val/mem_gen_product (the paper's), or val/pair_yield
+    # auto (val/pair_yield_with_both where task.n_val_perturbations >= 2, else
+    # val/behavior_balance), val/behavior_balance, val/mem_gen_product (the paper's),
+    # val/pair_yield, or val/pair_yield_with_both: 1 + the pair yield at an epoch whose
+    # validation originals are >= both_min_rate MEM and GEN, else the pair yield (every epoch
+    # showing both behaviours ranks above every epoch that does not)
     checkpoint_metric: str = "auto"
+    both_min_rate: float = ranged(0.2, 0, 0.5)
     # no validation epoch showed MEM and GEN: say so, keep the last epoch, skip the analysis
     # (false: analyse the kept checkpoint anyway, as tiny smoke tests do; the run is tagged)
     require_both: bool = True
@@ -136,6 +145,9 @@ class SteeringConfig:
     # items per behaviour that tuning and the grid steer (a seeded subsample of the split;
     # null = all): the evaluation split is still steered whole, once
     tune_max_items: int | None = 150
+    # each direction steered at its own best cell (its own controls and clean drop within the
+    # budget): toward MEM and toward GEN are two interventions; false: one cell for both
+    tune_per_direction: bool = True
     controls: list[str] = field(default_factory=lambda: ["random", "low_r", "shuffled"])
     # issue 26: kind and positions of the intervention, and the candidates tuning compares
     # (empty lists: the kind / positions / sites above); positions null: last_prompt_only

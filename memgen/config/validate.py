@@ -24,7 +24,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from memgen.config.schema import CHECKPOINT_METRICS, DEFAULT_RANGE, MAX_EXAMPLES, plain
+from memgen.config.schema import (
+    CHECKPOINT_METRICS,
+    DEFAULT_RANGE,
+    MAX_EXAMPLES,
+    NEEDS_VARIANTS,
+    plain,
+)
 from memgen.errors import ConfigError
 from memgen.runtime.boundary import task_error
 from memgen.tasks.registry import TASKS, build_params
@@ -311,9 +317,9 @@ def validate(cfg: DictConfig) -> None:
              f"one of {list(CHECKPOINT_METRICS)}", tr.checkpoint_metric)
     _require(t.n_val_perturbations >= 1, "task.n_val_perturbations", "an integer >= 1",
              t.n_val_perturbations)
-    if tr.checkpoint_metric == "val/pair_yield":
+    if tr.checkpoint_metric in NEEDS_VARIANTS:
         _require(t.n_val_perturbations >= 2, "task.n_val_perturbations",
-                 "an integer >= 2 with trainer.checkpoint_metric=val/pair_yield",
+                 f"an integer >= 2 with trainer.checkpoint_metric={tr.checkpoint_metric}",
                  t.n_val_perturbations)
     _require(a.decoding.num_beams >= 1, "analysis.decoding.num_beams", "an integer >= 1",
              a.decoding.num_beams)

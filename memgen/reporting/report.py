@@ -84,6 +84,8 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
         run.log_frame(analysis.steering.items, "steering/items.parquet")
     if analysis.tuning is not None:
         run.log_frame(analysis.tuning.scores, "steering/tuning.csv")
+        if analysis.tuning.grid is not None:
+            run.log_frame(analysis.tuning.grid, "steering/tuning_grid.csv")
     kinds = getattr(analysis, "kinds", None)
     if kinds is not None:
         run.log_frame(kinds.table, "steering/kinds.csv")

@@ -13,6 +13,9 @@ With ``task.n_val_perturbations`` >= 2 each validation example comes with pertur
 from a validation stream, and ``val/pair_yield`` is the share of examples whose variants split
 between MEM and GEN: what the analysis needs (pairs), measured on validation data, never on the
 analysis set. The rates stay those of the originals (variant 0), comparable with one variant.
+``val/pair_yield_with_both`` adds 1 where the originals show MEM and GEN each at
+``trainer.both_min_rate`` or more, so a checkpoint kept by it shows both behaviours whenever any
+epoch did, and among those has the most pairs.
 Every epoch's rates are kept in ``behavior_history`` (saved in checkpoints, so a resumed run
 still knows whether an earlier epoch showed both behaviors).
 
@@ -117,6 +120,9 @@ class MemGenModule(pl.LightningModule):
         self.log("val/mem_gen_product", 4 * mem * gen)
         if self.cfg.task.get("n_val_perturbations", 1) >= 2:
             self.log("val/pair_yield", pair_yield, prog_bar=True)
+            both_at = float(self.cfg.get("trainer", {}).get("both_min_rate", 0.2))
+            both = bool(min(float(mem), float(gen)) >= both_at - 1e-9)
+            self.log("val/pair_yield_with_both", pair_yield + float(both))
         if not self.trainer.sanity_checking:
             self.behavior_history.append({"epoch": float(self.current_epoch),
                                           "mem": float(mem), "gen": float(gen)})

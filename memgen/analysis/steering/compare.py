@@ -250,7 +250,8 @@ def kind_rows(candidate: Candidate, result: SteeringResult, cell: Mapping | None
         side = result.side.get(d)
         row = {"kind": kind, "positions": positions, "sites": sites, "direction": d,
                "top": float(cell["top"]) if cell is not None else math.nan,
-               "k": result.k, "alpha": result.alpha, "n": t.n, "success": t.success,
+               "k": result.cell(d)[0], "alpha": result.cell(d)[1], "n": t.n,
+               "success": t.success,
                "ci_low": low, "ci_high": high, "other_rate": t.other / t.n if t.n else math.nan,
                "strongest_control": strongest,
                "max_control_success": controls.get(strongest, math.nan),

@@ -101,6 +101,12 @@ class SteeringResult:
     controls: dict[str, dict[str, Transitions]] = field(default_factory=dict)
     side: dict[str, SideEffects] = field(default_factory=dict)
     items: pd.DataFrame | None = None  # one row per steered item: method, direction, before, after
+    # direction -> (k, alpha) where the directions were steered at different cells
+    cells: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+    def cell(self, direction: str) -> tuple[int, float]:
+        """The (k, alpha) ``direction`` was steered at."""
+        return self.cells.get(direction, (self.k, self.alpha))
 
     def table(self) -> pd.DataFrame:
         """One row per (method, direction) with counts, success and its CI."""
@@ -115,6 +121,23 @@ class SteeringResult:
                              "other": t.other, "success": t.success,
                              "ci_low": low, "ci_high": high})
         return pd.DataFrame(rows)
+
+
+def merge_directions(results: Mapping[str, SteeringResult]) -> SteeringResult:
+    """One result from one per direction (each steered at its own cell, keyed by direction):
+    ``cells`` records each direction's (k, alpha); ``k`` and ``alpha`` are the first
+    direction's."""
+    first = next(iter(results.values()))
+    names = {name for r in results.values() for name in r.controls}
+    frames = [r.items for r in results.values() if r.items is not None]
+    return SteeringResult(
+        alpha=first.alpha, k=first.k,
+        selected={d: r.selected[d] for d, r in results.items()},
+        controls={name: {d: r.controls[name][d] for d, r in results.items()
+                         if d in r.controls.get(name, {})} for name in sorted(names)},
+        side={d: r.side[d] for d, r in results.items() if d in r.side},
+        items=pd.concat(frames, ignore_index=True) if frames else None,
+        cells={d: (r.k, r.alpha) for d, r in results.items()})
 
 
 def _behaviors(task: Task, examples: Sequence[Example], outputs: Sequence[str]) -> list[Behavior]:
@@ -175,12 +198,16 @@ def evaluate_steering(subject: Subject, examples: Sequence[Example],
                       decoding: Decoding = DECODING,
                       clean_examples: Sequence[Example] | None = None,
                       baseline: CleanBaseline | None = None,
-                      last_prompt_only: bool = False) -> SteeringResult:
+                      last_prompt_only: bool = False,
+                      directions: Sequence[str] = tuple(DIRECTIONS)) -> SteeringResult:
     """Steer MEM items toward GEN and GEN items toward MEM, with the selection and each control.
 
     ``labels`` are the unsteered behaviours (None: generate them here). With ``clean_examples``
-    the side effects of the selection are measured in both directions.
+    the side effects of the selection are measured in each of ``directions``.
     """
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown or not directions:
+        raise ValueError(f"directions: expected some of {list(DIRECTIONS)}, got {directions!r}")
     for sel in (selection, *(controls or {}).values()):  # fail before any generation
         plan_shifts(subject.model, sel, alpha, "to_gen")
     if labels is None:
@@ -189,7 +216,7 @@ def evaluate_steering(subject: Subject, examples: Sequence[Example],
         raise ValueError(f"labels: {len(labels)} labels for {len(examples)} examples")
     labels = [Behavior(label) for label in labels]
     groups = {d: [ex for ex, lab in zip(examples, labels, strict=True) if lab == SOURCE[d]]
-              for d in DIRECTIONS}
+              for d in DIRECTIONS if d in directions}
     methods = {"selected": selection}
     methods.update({f"control_{name}": sel for name, sel in (controls or {}).items()})
     found: dict[str, dict[str, Transitions]] = {}
@@ -212,7 +239,7 @@ def evaluate_steering(subject: Subject, examples: Sequence[Example],
         result.side = {d: side_effects(subject, clean_examples, selection, alpha, d,
                                        decoding=decoding, baseline=baseline,
                                        last_prompt_only=last_prompt_only)
-                       for d in DIRECTIONS}
+                       for d in groups}
     return result
 
 
@@ -295,6 +322,9 @@ def summary_metrics(result: SteeringResult) -> dict[str, float]:
 
     for direction, t in result.selected.items():
         put(f"steer/{direction}", t)
+        k, alpha = result.cell(direction)
+        out[f"steer/{direction}/k"] = float(k)
+        out[f"steer/{direction}/alpha"] = float(alpha)
     for name, by_direction in result.controls.items():
         for direction, t in by_direction.items():
             put(f"steer/{direction}/control_{name}", t)

@@ -5,6 +5,8 @@
 - ``grid_scores``: one score per (k, alpha) cell: the weaker direction's success minus the best
   control's and the clean-accuracy drop.
 - ``best_cell``: the cell to steer at, within a control / clean-drop budget.
+- ``direction_scores`` / ``best_cells``: the same per direction, when each direction is steered
+  at its own cell (toward MEM and toward GEN are two interventions with their own controls).
 """
 
 from __future__ import annotations
@@ -130,3 +132,35 @@ def best_cell(scores: pd.DataFrame, max_control: float | None = None,
         return within.sort_values(["min_success", "alpha", "k"],
                                   ascending=[False, True, True]).iloc[0]
     return valid.sort_values(["score", "alpha", "k"], ascending=[False, True, True]).iloc[0]
+
+
+def direction_scores(grid: pd.DataFrame) -> pd.DataFrame:
+    """One row per (top, alpha, direction) of a ``steering_grid`` table: that direction's
+    success, its strongest control and its clean-accuracy drop, and ``score = success -
+    max_control_success - max(clean_acc_drop, 0)``, as ``grid_scores`` but per direction."""
+    rows = []
+    for (top, alpha, direction), cell in grid.groupby(["top", "alpha", "direction"], sort=True):
+        selected = cell[cell["method"] == "selected"]
+        controls = cell[cell["method"] != "selected"]
+        success = float(selected["success"].iloc[0])
+        max_control = float(controls["success"].max()) if len(controls) else 0.0
+        max_control = 0.0 if math.isnan(max_control) else max_control
+        drop = float(selected["clean_acc_drop"].iloc[0])
+        drop = 0.0 if math.isnan(drop) else drop
+        rows.append({"top": top, "k": int(selected["k"].iloc[0]), "alpha": float(alpha),
+                     "direction": direction, "success": success,
+                     "max_control_success": max_control, "clean_acc_drop": drop,
+                     "score": success - max_control - max(drop, 0.0)})
+    return pd.DataFrame(rows)
+
+
+def best_cells(scores: pd.DataFrame, max_control: float | None = None,
+               max_clean_drop: float | None = None) -> dict[str, pd.Series]:
+    """``best_cell`` for each direction of a ``direction_scores`` table: the most successful
+    cell whose own strongest control and clean drop stay within the budget (the highest
+    score where none does)."""
+    out = {}
+    for direction, rows in scores.groupby("direction", sort=True):
+        as_cells = rows.rename(columns={"success": "min_success"})
+        out[str(direction)] = best_cell(as_cells, max_control, max_clean_drop)
+    return out
