@@ -88,6 +88,8 @@ def _add_margins(subject: Subject, settings: AnalysisSettings, result: SteeringR
     direction's own selection and alpha where they were tuned per direction)."""
     by_prompt = {ex.prompt: ex for ex in split.examples}
     items = result.items
+    if items is None:  # a result without per-item rows has nothing to add margins to
+        return
     items["margin_before"] = math.nan
     items["margin_after"] = math.nan
     for d in result.selected:

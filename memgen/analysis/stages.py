@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 import torch
@@ -199,8 +200,8 @@ def run_probes(settings: AnalysisSettings, features: Features, behaviors: Behavi
     x_train, y_train = features.take(behaviors.selection.items)
     x_eval, y_eval = features.take(behaviors.evaluation.items)
     p = settings.probe
-    kw = {"max_iter": p.max_iter, "initial_step": p.initial_step,
-          "weight_decay": p.weight_decay, "seed": settings.seed}
+    kw: dict[str, Any] = {"max_iter": p.max_iter, "initial_step": p.initial_step,
+                          "weight_decay": p.weight_decay, "seed": settings.seed}
     report = probe_sites(x_train, y_train, x_eval, y_eval, selection, **kw)
     if tokenizer is not None:
         sel, ev = behaviors.selection, behaviors.evaluation

@@ -180,7 +180,7 @@ def tune_kinds(score_cell: Callable[[Candidate, float, float], dict[str, float]]
             cand_alphas = _alphas(cand[0], alphas)
             score(cand, mid_top, cand_alphas[len(cand_alphas) // 2], "screen")
         screened = pd.DataFrame(rows)
-        ranked = []
+        ranked: list[Candidate] = []
         pool = _pickable(screened).copy()
         while len(ranked) < keep and not pool.empty:
             pick = best_cell(pool, max_control, max_clean_drop)

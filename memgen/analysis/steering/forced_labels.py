@@ -282,14 +282,16 @@ def forced_outputs(subject: Subject, examples: Sequence[Example], decoding: Deco
             step = _rows_per_pass(decoding, vocab, longest)
             for start in range(0, len(rows), step):
                 chunk = rows[start:start + step]
-                values, ids = _forced_pass(subject, [examples[i] for i, _ in chunk],
-                                           [prompt_ids[i] for i, _ in chunk],
-                                           [f for _, f in chunk], steering)
-                values, ids, width = values.tolist(), ids.tolist(), values.shape[1]
+                top_values, top_ids = _forced_pass(subject, [examples[i] for i, _ in chunk],
+                                                   [prompt_ids[i] for i, _ in chunk],
+                                                   [f for _, f in chunk], steering)
+                width = top_values.shape[1]
+                values, ids = top_values.tolist(), top_ids.tolist()
                 for row, (i, fed) in enumerate(chunk):
                     lo = width - len(fed) - 1
                     proof = read_proof(fed, values[row][lo:], ids[row][lo:], m, stop, tol)
-                    if round_ or proofs[i] is None or proof.better_than(proofs[i]):
+                    earlier = proofs[i]
+                    if round_ or earlier is None or proof.better_than(earlier):
                         proofs[i] = proof  # later rounds extend the proof they were fed
             rows = [(i, guess(p.known, answers[i], limit)) for i, p in enumerate(proofs)
                     if p is not None and not p.done and not p.unsure]

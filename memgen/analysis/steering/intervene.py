@@ -110,6 +110,13 @@ class _SiteOp:
     alpha: float = 1.0
 
 
+def present(value: torch.Tensor | None, name: str) -> torch.Tensor:
+    """A kind's vector, which ``Intervention`` checked exists for that kind."""
+    if value is None:
+        raise ValueError(f"intervention: '{name}' is missing for this kind")
+    return value
+
+
 @dataclass
 class PassState:
     """What the current forward pass is: the prefill, a decoding step or a teacher-forced pass."""
@@ -166,12 +173,14 @@ def plan(model: nn.Module, intervention: Intervention, alpha: float, direction: 
             raise ValueError(f"selection: index out of range for site '{site}' (width {width})")
         op = _SiteOp(site, idx, alpha=alpha)
         if kind in ("add", "add_scaled"):
-            op.add = DIRECTIONS[direction] * alpha * intervention.shift.float().cpu()[js]
+            shift = present(intervention.shift, "shift")
+            op.add = DIRECTIONS[direction] * alpha * shift.float().cpu()[js]
         elif kind == "set_mean":
-            value = intervention.mem_value if direction == "to_mem" else intervention.gen_value
+            value = present(intervention.mem_value if direction == "to_mem"
+                            else intervention.gen_value, "mem_value/gen_value")
             op.target = value.float().cpu()[js]
         elif kind == "ablate":
-            u = intervention.direction.float().cpu()[js]
+            u = present(intervention.direction, "direction").float().cpu()[js]
             norm = u.norm()
             op.unit = u / norm if norm > 0 else u
         ops[site] = op
@@ -182,11 +191,11 @@ def apply_op(op: _SiteOp, kind: str, sub: torch.Tensor, source: torch.Tensor | N
              ) -> torch.Tensor:
     """The new values of the selected coordinates ``sub`` [B, T, k] (float32)."""
     if kind in ("add", "add_scaled"):
-        return sub + op.add.to(sub.device)
+        return sub + present(op.add, "add").to(sub.device)
     if kind == "set_mean":
-        return sub + op.alpha * (op.target.to(sub.device) - sub)
+        return sub + op.alpha * (present(op.target, "target").to(sub.device) - sub)
     if kind == "ablate":
-        u = op.unit.to(sub.device)
+        u = present(op.unit, "unit").to(sub.device)
         return sub - op.alpha * (sub @ u).unsqueeze(-1) * u
     if source is None:
         return sub

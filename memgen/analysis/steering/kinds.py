@@ -23,7 +23,7 @@ from memgen.analysis.steering.controls import (
     matched_random_control,
     shuffled_control,
 )
-from memgen.analysis.steering.intervene import Intervention
+from memgen.analysis.steering.intervene import Intervention, present
 from memgen.tasks.base import Behavior, Example
 
 KIND_CONTROLS = {"add": ("random", "low_r", "shuffled"),
@@ -39,7 +39,9 @@ def _per_neuron(stats: Mapping[str, SiteStats | torch.Tensor], sel: NeuronSelect
     out = torch.empty(len(sel))
     for j, (site, i) in enumerate(sel.keys()):
         value = stats[site]
-        out[j] = float((getattr(value, attr) if attr else value)[i])
+        vector = getattr(value, attr) if attr else value
+        assert isinstance(vector, torch.Tensor), (site, attr)  # a per-neuron vector
+        out[j] = float(vector[i])
     return out
 
 
@@ -91,7 +93,7 @@ def random_sources(groups: Sequence[Sequence[Example]], labels: Sequence[Sequenc
     out = {}
     for g, k in items:
         target = {Behavior.MEM: Behavior.GEN, Behavior.GEN: Behavior.MEM}.get(labels[g][k])
-        pool = [it for it in pools.get(target, []) if it[0] != g]
+        pool = [it for it in pools[target] if it[0] != g] if target is not None else []
         if pool:
             sg, sk = rng.choice(pool)
             out[groups[g][k]] = groups[sg][sk]
@@ -113,7 +115,9 @@ def controls(kind: str, main: Intervention, stats: Mapping[str, SiteStats],
     if kind in ("add", "add_scaled", "set_mean"):
         wanted = [n for n in KIND_CONTROLS[kind] if names is None or n in names]
         # the shift toward MEM whose norm is matched: NMD (add, set_mean) or sigma*sign(NMD)
-        shift = main.shift if kind != "set_mean" else (main.mem_value - main.gen_value)
+        shift = (present(main.shift, "shift") if kind != "set_mean"
+                 else present(main.mem_value, "mem_value") - present(main.gen_value,
+                                                                      "gen_value"))
         for name in wanted:
             if name == "random":
                 rnd = matched_random_control(stats, _as_selection(sel, shift), seed)

@@ -36,8 +36,8 @@ def answer_batch(tokenizer, examples: Sequence[Example]) -> dict[str, torch.Tens
         if ex.mem_answer is None or ex.gen_answer is None:
             raise ValueError(f"margin: example {ex.prompt!r} lacks a MEM or GEN answer")
         prompt = _ids(tokenizer, ex.prompt)
-        for answer in (ex.mem_answer, ex.gen_answer):
-            rows.append((prompt, _ids(tokenizer, answer + eos)))
+        for text in (ex.mem_answer, ex.gen_answer):
+            rows.append((prompt, _ids(tokenizer, text + eos)))
     t = max(len(p) + len(a) for p, a in rows)
     b = len(rows)
     pad = tokenizer.pad_token_id or 0
