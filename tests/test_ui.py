@@ -159,6 +159,14 @@ def test_headline_is_short_and_names_each_result_against_its_baseline():
     assert "claims: 1/3 pass; fail: probe; n/a: inter_task" in text
     note = description(METRICS, CLAIMS)
     assert note.startswith("- kept checkpoint") and "`kept/*` are the kept checkpoint's" in note
+    # tuned per direction: each direction's own k and alpha on its line
+    per_direction = METRICS | {"steer/tuned/to_gen/alpha": 5.0, "steer/tuned/to_mem/alpha": 1.0,
+                               "steer/to_gen/k": 102.0, "steer/to_gen/alpha": 5.0,
+                               "steer/to_mem/k": 410.0, "steer/to_mem/alpha": 1.0}
+    text = "\n".join(headline(per_direction, CLAIMS))
+    assert "each direction at its own k and alpha" in text and "k=30" not in text
+    assert "MEM->GEN (k=102, alpha 5) 80% [70%, 88%]" in text
+    assert "GEN->MEM (k=410, alpha 1) 60% [50%, 70%]" in text
 
 
 def test_report_page_inlines_figures_scores_claims_and_escapes_text():

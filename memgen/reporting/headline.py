@@ -77,13 +77,19 @@ def probe_line(m: Mapping[str, float]) -> list[str]:
 
 def steering_lines(m: Mapping[str, float]) -> list[str]:
     lines = []
-    if "steer/tuned/alpha" in m:
+    per_direction = "steer/tuned/to_gen/alpha" in m  # analysis.steering.tune_per_direction
+    if per_direction:
+        lines.append("steering, each direction at its own k and alpha (tuned on the selection "
+                     "split):")
+    elif "steer/tuned/alpha" in m:
         lines.append(f"steering at k={int(_get(m, 'steer/tuned/k'))}, alpha "
                      f"{_get(m, 'steer/tuned/alpha'):g} (tuned on the selection split):")
     for direction, label in DIRECTIONS:
         key = f"steer/{direction}"
         if f"{key}/success" not in m:
             continue
+        if per_direction and f"{key}/alpha" in m:
+            label = f"{label} (k={int(_get(m, f'{key}/k'))}, alpha {_get(m, f'{key}/alpha'):g})"
         controls = sorted({k.split("/")[2] for k in m
                            if k.startswith(f"{key}/control_") and k.endswith("/success")})
         shown = ", ".join(f"{c.removeprefix('control_')} {pct(_get(m, f'{key}/{c}/success'))}"
