@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from memgen.analysis.settings import Subject
 from memgen.analysis.stages import analyse_model
 from memgen.analysis.timing import StageTimer
-from memgen.config import plain, to_schema
+from memgen.config import overlay, to_schema
 from memgen.config.adapter import settings_from_config
 from memgen.errors import ConfigError
 from memgen.replicates.claims import format_scorecard, score_claims
@@ -57,15 +57,10 @@ def analysis_base(cfg: DictConfig, run_cfg: DictConfig, run_id: str | None) -> D
     ``trainer.num_threads`` is this command's when set, else the model run's: the numbers
     depend on the thread count, so by default the analysis runs as the model's run did.
     """
-    data = plain(run_cfg)
-    mine = plain(cfg)
-    for key in OWN_SECTIONS:
-        data[key] = mine[key]
-    for key in OWN_TRAINER_KEYS:
-        data["trainer"][key] = mine["trainer"][key]
-    if mine["trainer"]["num_threads"]:
-        data["trainer"]["num_threads"] = mine["trainer"]["num_threads"]
-    data |= {"run": run_id, "resume": None, "replicate": mine["replicate"]}
+    data = overlay(run_cfg, cfg, (*OWN_SECTIONS, "replicate"), OWN_TRAINER_KEYS)
+    if cfg.trainer.num_threads:
+        data["trainer"]["num_threads"] = int(cfg.trainer.num_threads)
+    data |= {"run": run_id, "resume": None}
     return to_schema(data)
 
 

@@ -25,7 +25,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from memgen.config import RESULT_NEUTRAL, config_digest, plain, to_schema
+from memgen.config import RESULT_NEUTRAL, config_digest, overlay, plain, to_schema
 from memgen.errors import ConfigError
 from memgen.reporting.sweep_report import log_study
 from memgen.sweeps.objectives import Objective, parse_objectives
@@ -90,13 +90,7 @@ def _check_settings(cfg: DictConfig) -> None:
 def steering_base(cfg: DictConfig, run_cfg: DictConfig) -> DictConfig:
     """The model run's config (task, model, seed) with the sweep command's analysis,
     tracking, sweep and device settings."""
-    data = plain(run_cfg)
-    mine = plain(cfg)
-    for key in SWEEP_SECTIONS:
-        data[key] = mine[key]
-    for key in SWEEP_TRAINER_KEYS:
-        data["trainer"][key] = mine["trainer"][key]
-    return to_schema(data)
+    return to_schema(overlay(run_cfg, cfg, SWEEP_SECTIONS, SWEEP_TRAINER_KEYS))
 
 
 def model_run(cfg: DictConfig) -> tuple[str, DictConfig]:

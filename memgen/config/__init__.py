@@ -16,6 +16,7 @@ from memgen.config.compose import (
     conf_dir,
     config_digest,
     first_line,
+    overlay,
     resolve_interpolations,
     to_schema,
 )
@@ -48,5 +49,5 @@ __all__ = [
     "ModelConfig", "ProbeConfig", "ReplicateConfig", "SteeringConfig", "SweepConfig",
     "TaskConfig", "TrackingConfig", "TrainerConfig", "check_conf_dir", "check_overrides",
     "checkpoint_metric", "compose", "conf_dir", "config_digest", "first_line", "plain",
-    "resolve_interpolations", "ranged", "to_schema", "validate", "validate_replicate",
+    "overlay", "resolve_interpolations", "ranged", "to_schema", "validate", "validate_replicate",
 ]

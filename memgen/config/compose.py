@@ -157,6 +157,18 @@ def to_schema(raw: DictConfig | dict) -> DictConfig:
     return cfg
 
 
+def overlay(run_cfg: DictConfig, cfg: DictConfig, sections: Iterable[str],
+            trainer_keys: Iterable[str]) -> dict[str, Any]:
+    """A logged run's config (task, model, seed: what made its model) with this command's
+    ``sections`` and ``trainer_keys`` in place of the run's, as a plain dict."""
+    data, mine = plain(run_cfg), plain(cfg)
+    for key in sections:
+        data[key] = mine[key]
+    for key in trainer_keys:
+        data["trainer"][key] = mine["trainer"][key]
+    return data
+
+
 def resolve_interpolations(cfg: DictConfig | ListConfig, prefix: str = "") -> None:
     """``${oc.env:X}`` and ``${a.b}`` resolved before any work starts: a key that does not resolve
     is a ConfigError naming it, never an error mid-run."""
