@@ -132,7 +132,9 @@ def _dispatch(argv: Sequence[str] | None = None) -> int:
     elif args.command == "replicate":
         from memgen.commands.replicate import replicate  # noqa: PLC0415
 
-        metrics, objects = replicate(cfg)
+        seeds_given = any(o.lstrip("+").partition("=")[0] == "replicate.seeds"
+                          for o in args.overrides)
+        metrics, objects = replicate(cfg, seeds_given)
     elif args.command == "analyse":
         from memgen.commands.analyse import analyse  # noqa: PLC0415
 

@@ -331,6 +331,31 @@ def test_reanalysis_has_one_analyse_child_per_seed_and_trains_nothing(three_seed
 
 
 @pytest.mark.slow
+def test_reanalysis_of_chosen_seeds_takes_only_those_and_names_a_missing_one(three_seeds,
+                                                                             reanalysed):
+    """``replicate.seeds`` on the command line picks seeds of the source; a seed the source
+    lacks is refused by name, before any run is created."""
+    from memgen.errors import ConfigError
+    from memgen.training import runner
+
+    source, root = reanalysed["source"], three_seeds["root"]
+    cfg = compose(replicate_overrides(root, **{"replicate.models": source,
+                                               "analysis.top_fraction": 0.2,
+                                               "replicate.seeds": "[2]"}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "fit", lambda *a, **k: pytest.fail("trained"))
+        metrics, objects = replicate(cfg, seeds_given=True)
+    kids = _children(cfg, objects["run_id"])
+    assert objects["run_id"] != reanalysed["objects"]["run_id"]  # another seed set: new parent
+    assert [int(r.data.tags["seed"]) for r in kids] == [2]
+    assert metrics["replicate/n_finished"] == 1
+    bad = compose(replicate_overrides(root, **{"replicate.models": source,
+                                               "replicate.seeds": "[2,99]"}))
+    with pytest.raises(ConfigError, match=r"replicate.seeds: \[99\] are not finished seeds"):
+        replicate(bad, seeds_given=True)
+
+
+@pytest.mark.slow
 def test_reanalysis_aggregates_equal_its_childrens(reanalysed):
     cfg, parent_id = reanalysed["cfg"], reanalysed["objects"]["run_id"]
     parent = MlflowClient(cfg.tracking.uri).get_run(parent_id).data.metrics
@@ -407,11 +432,13 @@ def test_the_thread_count_per_seed_is_part_of_a_replicates_identity(tmp_path, mo
 
     monkeypatch.setattr(command, "cores", lambda: 2)
 
-    def key(**extra):
-        return command.replicate_key(compose(tiny_overrides(tmp_path, **extra)))
+    def key(seeds=(0, 1, 2), **extra):
+        return command.replicate_key(compose(tiny_overrides(tmp_path, **extra)), list(seeds))
 
     one = key(**{"replicate.workers": 2})  # 2 cores / 2 workers: 1 thread per seed
     assert one == key(**{"replicate.workers": 1, "trainer.num_threads": 1})
     assert one != key(**{"replicate.workers": 1, "trainer.num_threads": 2})
     assert one != key(**{"replicate.workers": 1})  # 2 cores, one worker: 2 threads
     assert key(**{"trainer.progress_bar": True}) == key()  # result-neutral keys stay out
+    # other seeds are another parent (its scorecard covers its own seeds); order is not identity
+    assert key(seeds=(5, 6, 7)) != key() and key(seeds=(2, 0, 1)) == key()

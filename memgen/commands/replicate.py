@@ -71,17 +71,19 @@ def threads_per_seed(cfg: DictConfig) -> int:
     return max(1, cores() // cfg.replicate.workers)
 
 
-def replicate_key(cfg: DictConfig) -> str:
-    """What defines the experiment, without its seed: the parent run's identity. A
-    re-analysis is defined by its source replicate and the analysis config alone (task, model
-    and seeds are the source's)."""
+def replicate_key(cfg: DictConfig, seeds: list[int]) -> str:
+    """What defines the experiment and its seeds: the parent run's identity (seeds 5-9 of a
+    config are another parent than its seeds 0-4, so each parent's scorecard covers its own
+    seeds). A re-analysis is defined by its source replicate, the seeds it takes from it and
+    the analysis config alone (task and model are the source's)."""
+    seed_list = ",".join(map(str, sorted(seeds)))
     if cfg.replicate.models:
         return config_digest(cfg, drop=tuple(str(k) for k in cfg if k != "analysis"),
-                             extra=f"models={cfg.replicate.models}")
+                             extra=f"models={cfg.replicate.models};seeds={seed_list}")
     # the thread count per seed changes float reduction order, hence the trained models: a
     # replicate at 2 threads is another experiment than the same config at 1
     return config_digest(cfg, drop=RESULT_NEUTRAL + ("seed",),
-                         extra=f"threads={threads_per_seed(cfg)}")
+                         extra=f"threads={threads_per_seed(cfg)};seeds={seed_list}")
 
 
 def seed_config(base: dict[str, Any], seed: int) -> DictConfig:
@@ -203,20 +205,38 @@ def find_parent(client: MlflowClient, cfg: DictConfig, key: str) -> str | None:
     return runs[-1].info.run_id if runs else None
 
 
-def replicate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Run (or resume) every seed, then aggregate and score on the parent run."""
+def reanalysed_seeds(cfg: DictConfig, models: dict[int, str], seeds_given: bool) -> list[int]:
+    """The source's seeds a re-analysis takes: ``replicate.seeds`` when the command line set
+    it (each must be one of the source's), else every seed of the source."""
+    if not seeds_given:
+        return sorted(models)
+    seeds = [int(s) for s in cfg.replicate.seeds]
+    missing = [s for s in seeds if s not in models]
+    if missing:
+        raise ConfigError(f"replicate.seeds: {missing} are not finished seeds of replicate "
+                          f"{cfg.replicate.models} (its seeds: {sorted(models)})")
+    return seeds
+
+
+def replicate(cfg: DictConfig, seeds_given: bool = False
+              ) -> tuple[dict[str, float], dict[str, Any]]:
+    """Run (or resume) every seed, then aggregate and score on the parent run;
+    ``seeds_given``: the command line set ``replicate.seeds`` (a re-analysis then takes only
+    those seeds of its source)."""
     check_store(cfg)
     started = time.time()
     client = MlflowClient(tracking_uri(cfg))
     models: dict[int, str] = {}
     seeds = [int(s) for s in cfg.replicate.seeds]
     check_seeds(cfg, seeds)
-    key = replicate_key(cfg)
+    key = replicate_key(cfg, seeds)
     name = cfg.replicate.name or f"replicate-{cfg.task.name}-{key}"
     extra: dict[str, str] = {}
     if cfg.replicate.models:  # the source's seeds, its models: nothing is trained
         source, models = source_models(client, cfg.replicate.models)
-        seeds = sorted(models)
+        seeds = reanalysed_seeds(cfg, models, seeds_given)
+        models = {s: models[s] for s in seeds}
+        key = replicate_key(cfg, seeds)
         cfg = source_config(client, cfg, source.info.run_id, seeds)
         name = cfg.replicate.name or f"reanalyse-{source.info.run_name}-{key}"
         extra = {MODELS_TAG: cfg.replicate.models}
