@@ -6,6 +6,8 @@ hand computation from the unhooked one at the same site.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -16,7 +18,7 @@ from memgen.analysis.settings import Decoding, Subject
 from memgen.analysis.sites import hook_site
 from memgen.analysis.stages import steering_sites
 from memgen.analysis.steering import kinds
-from memgen.analysis.steering.compare import tune_kinds
+from memgen.analysis.steering.compare import candidate_of, direction_view, tune_kinds
 from memgen.analysis.steering.hooks import steer
 from memgen.analysis.steering.intervene import POSITIONS, Intervention, intervene
 from memgen.analysis.steering.margin import margins
@@ -289,6 +291,72 @@ def test_tuning_screens_all_and_refines_the_best_two():
     assert set(t.scores.loc[t.scores["stage"] == "refine", "kind"]) == {"set_mean", "add_scaled"}
     only = tune_kinds(score, [("ablate", "all", "mlp")], [0.1], [1.0], 0.1, 0.02)
     assert only.candidate[0] == "ablate"
+
+
+def test_per_direction_tuning_refines_and_picks_each_directions_best():
+    """Toward GEN and toward MEM are two interventions: with ``per_direction`` each direction's
+    best ``keep`` candidates are refined and each direction gets its own pick, within its own
+    controls and clean drop; the joint pick would have taken a third candidate for both."""
+    cands = [("add", "last_prompt", "mlp.1"), ("add", "last_prompt", "mlp.4"),
+             ("set_mean", "last_prompt", "mlp")]
+    # success toward GEN / toward MEM per candidate; mlp.4's control is over budget at alpha 1
+    to_gen = {"mlp.1": 0.9, "mlp.4": 0.2, "mlp": 0.5}
+    to_mem = {"mlp.1": 0.1, "mlp.4": 0.95, "mlp": 0.5}
+    mem_control = {"mlp.1": 0.0, "mlp.4": 0.0, "mlp": 0.0}
+
+    def score(cand, top, alpha):
+        site = cand[2]
+        g, m = to_gen[site] + 0.01 * alpha, to_mem[site] + 0.01 * alpha
+        mc = mem_control[site] + (0.3 if alpha < 2 and site == "mlp.4" else 0.0)
+        return {"k": int(top * 100), "min_success": min(g, m),
+                "max_control_success": mc, "clean_acc_drop": 0.0, "score": min(g, m) - mc,
+                "to_gen_success": g, "to_gen_max_control_success": 0.0,
+                "to_gen_clean_acc_drop": 0.0, "to_mem_success": m,
+                "to_mem_max_control_success": mc, "to_mem_clean_acc_drop": 0.0}
+
+    joint = tune_kinds(score, cands, [0.1], [1.0, 3.0], 0.1, 0.02, keep=1)
+    assert joint.candidate == cands[2]
+    assert set(joint.scores.loc[joint.scores["stage"] == "refine", "sites"]) == {"mlp"}
+    t = tune_kinds(score, cands, [0.1], [1.0, 3.0], 0.1, 0.02, keep=1, per_direction=True)
+    assert set(t.scores.loc[t.scores["stage"] == "refine", "sites"]) == {"mlp.1", "mlp.4"}
+    best = t.best_by_direction(0.1, 0.02)
+    assert candidate_of(best["to_gen"]) == cands[0] and best["to_gen"]["alpha"] == 3.0
+    assert candidate_of(best["to_mem"]) == cands[1] and best["to_mem"]["alpha"] == 3.0
+    assert best["to_mem"]["min_success"] == pytest.approx(0.98)
+    # its alpha-1 cell steers toward MEM too (0.96) but its control (0.3) is over the budget
+    assert candidate_of(t.best_by_direction(0.5, 0.02)["to_mem"]) == cands[1]
+    m = t.direction_metrics(0.1, 0.02)
+    assert m["steer/tuned/to_mem/alpha"] == 3.0 and m["steer/tuned/to_gen/alpha"] == 3.0
+    own = t.best_of(cands[2], 0.1, 0.02, direction="to_mem")
+    assert own["min_success"] == pytest.approx(0.53)
+    # a view of one direction drops the cells that never steered it (ablate: toward GEN only)
+    frame = pd.DataFrame([{"to_gen_success": 0.5, "to_gen_max_control_success": 0.1,
+                           "to_gen_clean_acc_drop": -0.01, "to_mem_success": math.nan,
+                           "to_mem_max_control_success": math.nan,
+                           "to_mem_clean_acc_drop": math.nan,
+                           "min_success": 0.5, "max_control_success": 0.1,
+                           "clean_acc_drop": 0.0, "score": 0.4}])
+    assert direction_view(frame, "to_mem").empty
+    assert direction_view(frame, "to_gen")["score"].iloc[0] == pytest.approx(0.4)
+
+
+def test_the_screen_keeps_a_strong_candidate_over_budget_at_the_middle_cell():
+    """A site that moves nothing fits any budget; a strong one whose control is too high at the
+    middle alpha fits it at a smaller alpha. The screen ranks by score, so the strong one is
+    refined and picked (ranking by success within the budget kept the silent site)."""
+    cands = [("add", "last_prompt", "mlp.2"), ("add", "last_prompt", "mlp")]
+
+    def score(cand, top, alpha):
+        if cand[2] == "mlp.2":  # moves nothing, so its controls move nothing either
+            s, c = 0.0, 0.0
+        else:  # strong; its control passes the budget above alpha 2
+            s, c = 0.6 + 0.1 * alpha, (0.3 if alpha > 2 else 0.05)
+        return {"k": int(top * 100), "min_success": s, "max_control_success": c,
+                "clean_acc_drop": 0.0, "score": s - c}
+
+    t = tune_kinds(score, cands, [0.1], [1.0, 3.0, 5.0], 0.1, 0.02, keep=1)
+    assert set(t.scores.loc[t.scores["stage"] == "refine", "sites"]) == {"mlp"}
+    assert t.candidate == cands[1] and t.best["alpha"] == 1.0
 
 
 def test_site_bands():

@@ -34,6 +34,11 @@ def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run):
     scores = kinds.tuning.scores
     screened = scores[scores["stage"] == "screen"]
     assert len(screened) == 8  # every kind x positions once
+    # each direction's own numbers are kept: the joint ones are their min / max
+    two = scores[scores["kind"] != "ablate"]
+    assert (two["min_success"] == two[["to_gen_success", "to_mem_success"]].min(axis=1)).all()
+    assert (two["max_control_success"] == two[["to_gen_max_control_success",
+                                               "to_mem_max_control_success"]].max(axis=1)).all()
     refined = scores[scores["stage"] == "refine"]
     assert len({(r.kind, r.positions) for r in refined.itertuples()}) <= 2
     table = kinds.table

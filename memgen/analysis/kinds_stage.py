@@ -27,6 +27,7 @@ from memgen.analysis.steering import kinds as kinds_mod
 from memgen.analysis.steering.compare import (
     Candidate,
     KindTuning,
+    candidate_of,
     cell_score,
     evaluate_intervention,
     gen_to_mem_ceiling,
@@ -34,8 +35,8 @@ from memgen.analysis.steering.compare import (
     kind_rows,
     tune_kinds,
 )
-from memgen.analysis.steering.evaluation import CleanBaseline, SteeringResult
-from memgen.analysis.steering.intervene import positions_of
+from memgen.analysis.steering.evaluation import CleanBaseline, SteeringResult, merge_directions
+from memgen.analysis.steering.intervene import directions_of, positions_of
 from memgen.analysis.steering.margin import margins
 from memgen.tasks.base import Behavior, Example
 
@@ -50,8 +51,21 @@ class KindsReport:
     tuning: KindTuning | None = None
     ceiling: pd.DataFrame | None = None
     result: SteeringResult | None = None
-    pick: Candidate | None = None
+    pick: Candidate | None = None  # the joint pick (both directions at one cell)
+    # direction -> its own pick (analysis.steering.tune_per_direction): what ``result`` steered
+    picks: dict[str, Candidate] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def steers(self, candidate: Candidate, direction: str) -> bool:
+        """Is ``candidate`` what the run's result steered ``direction`` with?"""
+        return (self.picks.get(direction) == candidate if self.picks
+                else candidate == self.pick)
+
+    def picked(self) -> str:
+        """The steered candidates, for a report line."""
+        if self.picks:
+            return "; ".join(f"{dr}: {' / '.join(c)}" for dr, c in self.picks.items())
+        return " / ".join(self.pick) if self.pick else ""
 
 
 def candidates(settings: AnalysisSettings) -> list[Candidate]:
@@ -167,19 +181,37 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
                                         baseline=baseline)
             return {"k": len(main.selection), **cell_score(res)}
 
-        report.tuning = tune_kinds(score, cands, s.tune_top_fraction, s.tune_alpha,
-                                   s.tune_max_control, s.tune_max_clean_drop, s.tune_keep)
+        budget = (s.tune_max_control, s.tune_max_clean_drop)
+        report.tuning = tune_kinds(score, cands, s.tune_top_fraction, s.tune_alpha, *budget,
+                                   s.tune_keep, per_direction=s.tune_per_direction)
         report.pick = report.tuning.candidate
-        rows = []
+        if s.tune_per_direction:
+            report.picks = {dr: candidate_of(cell) for dr, cell
+                            in report.tuning.best_by_direction(*budget).items()}
+        rows, held_out = [], {}
         for cand in dict.fromkeys(cands):
-            cell = report.tuning.best_of(cand, s.tune_max_control, s.tune_max_clean_drop)
-            main, ctrl = make(cand, float(cell["top"]), ev_split)
-            res = evaluate_intervention(subject, ev_split.examples, ev_split.behaviors, main,
-                                        float(cell["alpha"]), cand[1], ctrl, decoding=d,
-                                        clean=clean, baseline=baseline, with_margin=True)
-            if cand == report.pick:
-                report.result = res
-            rows += kind_rows(label(cand), res, cell)
+            # per direction: each direction at the candidate's own best cell for it
+            for dirs in ([(dr,) for dr in directions_of(cand[0])] if report.picks else [None]):
+                try:
+                    cell = report.tuning.best_of(cand, *budget,
+                                                 direction=dirs[0] if dirs else None)
+                except ValueError:  # no tuning item in this direction (interchange)
+                    continue
+                main, ctrl = make(cand, float(cell["top"]), ev_split)
+                res = evaluate_intervention(subject, ev_split.examples, ev_split.behaviors,
+                                            main, float(cell["alpha"]), cand[1], ctrl,
+                                            decoding=d, clean=clean, baseline=baseline,
+                                            with_margin=True, directions=dirs)
+                for dr in res.selected:
+                    held_out[cand, dr] = res
+                if dirs is None and cand == report.pick:
+                    report.result = res
+                rows += [row | {"steered": report.steers(cand, row["direction"])}
+                         for row in kind_rows(label(cand), res, cell)]
+        if report.picks:
+            report.result = merge_directions({dr: held_out[cand, dr]
+                                              for dr, cand in report.picks.items()})
+            report.metrics |= report.tuning.direction_metrics(*budget)
         report.metrics |= report.tuning.metrics()
     report.table = pd.DataFrame(rows)
     report.metrics |= kind_metrics(rows)

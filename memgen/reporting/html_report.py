@@ -121,7 +121,7 @@ def analysis_sections(analysis) -> list[tuple[str, str]]:
                             "success", "ci_low", "ci_high", "strongest_control",
                             "max_control_success", "clean_acc_drop", "kl", "margin_shift",
                             "wrong_way") if c in kinds.table.columns]
-        pick = " / ".join(kinds.pick) if kinds.pick else ""
+        pick = kinds.picked()
         ceiling = ""
         if kinds.ceiling is not None and len(kinds.ceiling):
             ceiling = (f"; GEN->MEM ceiling (full-site interchange reaches the MEM answer): "

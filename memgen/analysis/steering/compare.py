@@ -2,8 +2,8 @@
 x sites x k x alpha on the selection split (pruned), and the GEN->MEM ceiling.
 
 Tuning stays cheap by pruning: every candidate (kind, positions, sites) is scored at one middle
-(k, alpha) cell; only the best ``keep`` candidates are refined over the whole k x alpha grid
-(alpha is fixed at 1 for interchange and ablate). A cell's score is today's: the weaker
+(k, alpha) cell; only the ``keep`` best-scoring candidates are refined over the whole k x alpha
+grid (alpha is fixed at 1 for interchange and ablate). A cell's score is today's: the weaker
 direction's success minus the strongest control's and the clean drop, and the pick is the most
 successful cell within the budget (``tuning.best_cell``).
 """
@@ -42,6 +42,7 @@ from memgen.analysis.steering.tuning import best_cell
 from memgen.tasks.base import Behavior, Example
 
 Candidate = tuple[str, str, str]  # kind, positions, sites
+DIRECTIONS = ("to_gen", "to_mem")
 UNPICKABLE = ("interchange", "ablate")  # reported beside the others, never the run's pick
 Maker = Callable[[str, str, float], tuple[Intervention, dict[str, Intervention]]]
 
@@ -74,16 +75,20 @@ def evaluate_intervention(subject: Subject, examples: Sequence[Example],
                           decoding: Decoding = Decoding(),
                           clean: Sequence[Example] | None = None,
                           baseline: CleanBaseline | None = None,
-                          with_margin: bool = False) -> SteeringResult:
+                          with_margin: bool = False,
+                          directions: Sequence[str] | None = None) -> SteeringResult:
     """Steer each direction's source items with ``main`` and each control (interchange: only
     items every method has a source for). ``items`` gets ``margin_before``/``margin_after`` of
     the selected intervention with ``with_margin``; side effects need ``clean`` and
-    ``baseline`` (none for interchange: clean inputs have no counterpart)."""
+    ``baseline`` (none for interchange: clean inputs have no counterpart); ``directions``:
+    only these of the kind's directions."""
     controls = dict(controls or {})
     methods = {"selected": main, **{f"control_{n}": c for n, c in controls.items()}}
     labels = [Behavior(b) for b in labels]
     groups = {}
     for d in directions_of(main.kind):
+        if directions is not None and d not in directions:
+            continue
         items = [ex for ex, lab in zip(examples, labels, strict=True) if lab == SOURCE[d]]
         if main.kind == "interchange":
             items = [ex for ex in items if all(ex in m.sources for m in methods.values())]
@@ -126,8 +131,16 @@ def cell_score(result: SteeringResult) -> dict[str, float]:
     max_control = max(controls) if controls else 0.0
     drops = [s.clean_acc_drop for s in result.side.values()]
     drop = max(drops) if drops else 0.0
-    return {"min_success": min_success, "max_control_success": max_control,
-            "clean_acc_drop": drop, "score": min_success - max_control - max(drop, 0.0)}
+    out = {"min_success": min_success, "max_control_success": max_control,
+           "clean_acc_drop": drop, "score": min_success - max_control - max(drop, 0.0)}
+    # each direction's own numbers: +NMD and -NMD are two interventions, tuned apart
+    for d, t in result.selected.items():
+        own = [by[d].success for by in result.controls.values() if d in by and by[d].n]
+        side = result.side.get(d)
+        out |= {f"{d}_success": t.success if t.n else math.nan,
+                f"{d}_max_control_success": max(own) if own else 0.0,
+                f"{d}_clean_acc_drop": side.clean_acc_drop if side else 0.0}
+    return out
 
 
 @dataclass
@@ -141,11 +154,35 @@ class KindTuning:
     def candidate(self) -> Candidate:
         return str(self.best["kind"]), str(self.best["positions"]), str(self.best["sites"])
 
-    def best_of(self, candidate: Candidate, max_control, max_clean_drop) -> pd.Series:
+    def best_of(self, candidate: Candidate, max_control, max_clean_drop,
+                direction: str | None = None) -> pd.Series:
+        """The candidate's best cell, for both directions or (``direction``) for one."""
         kind, positions, sites = candidate
         rows = self.scores[(self.scores["kind"] == kind) & (self.scores["positions"] == positions)
                            & (self.scores["sites"] == sites)]
+        if direction is not None:
+            rows = direction_view(rows, direction)
         return best_cell(rows, max_control, max_clean_drop)
+
+    def best_by_direction(self, max_control, max_clean_drop) -> dict[str, pd.Series]:
+        """Each direction's best pickable cell over every candidate: toward MEM and toward GEN
+        are two interventions, and each may take its own kind, positions, sites, k and alpha."""
+        out: dict[str, pd.Series] = {}
+        for direction in DIRECTIONS:
+            view = direction_view(_pickable(self.scores), direction)
+            if not view.empty:
+                out[direction] = best_cell(view, max_control, max_clean_drop)
+        return out
+
+    def direction_metrics(self, max_control, max_clean_drop) -> dict[str, float]:
+        """``steer/tuned/<dir>/*``: each direction's own pick (as the legacy path logs)."""
+        out: dict[str, float] = {}
+        for direction, cell in self.best_by_direction(max_control, max_clean_drop).items():
+            out |= {f"steer/tuned/{direction}/top_fraction": float(cell["top"]),
+                    f"steer/tuned/{direction}/alpha": float(cell["alpha"]),
+                    f"steer/tuned/{direction}/k": float(cell["k"]),
+                    f"steer/tuned/{direction}/score": float(cell["score"])}
+        return out
 
     def metrics(self) -> dict[str, float]:
         return {"steer/tuned/top_fraction": float(self.best["top"]),
@@ -155,6 +192,25 @@ class KindTuning:
                 "steer/tuned/n_cells": float(len(self.scores))}
 
 
+def candidate_of(cell: pd.Series) -> Candidate:
+    return str(cell["kind"]), str(cell["positions"]), str(cell["sites"])
+
+
+def direction_view(scores: pd.DataFrame, direction: str) -> pd.DataFrame:
+    """The cells as ``direction`` alone scored them: its success, strongest control and clean
+    drop in the columns ``best_cell`` reads, and its own score; cells that did not steer that
+    direction (ablate toward MEM) are left out."""
+    own = {f"{direction}_success": "min_success",
+           f"{direction}_max_control_success": "max_control_success",
+           f"{direction}_clean_acc_drop": "clean_acc_drop"}
+    if not set(own) <= set(scores.columns):
+        return scores.iloc[0:0]
+    view = scores.drop(columns=list(own.values())).rename(columns=own)
+    view = view.dropna(subset=["min_success"])
+    return view.assign(score=view["min_success"] - view["max_control_success"]
+                       - view["clean_acc_drop"].clip(lower=0))
+
+
 def _alphas(kind: str, alphas: Sequence[float]) -> list[float]:
     return [1.0] if kind in NO_ALPHA else [float(a) for a in alphas]
 
@@ -162,9 +218,11 @@ def _alphas(kind: str, alphas: Sequence[float]) -> list[float]:
 def tune_kinds(score_cell: Callable[[Candidate, float, float], dict[str, float]],
                candidates: Sequence[Candidate], tops: Sequence[float],
                alphas: Sequence[float], max_control: float | None,
-               max_clean_drop: float | None, keep: int = 2) -> KindTuning:
+               max_clean_drop: float | None, keep: int = 2,
+               per_direction: bool = False) -> KindTuning:
     """Screen every candidate at the middle (top, alpha), refine the best ``keep`` over the whole
-    grid; ``score_cell(candidate, top, alpha)`` returns ``cell_score``'s dict plus ``k``."""
+    grid (``per_direction``: the best ``keep`` of each direction); ``score_cell(candidate, top,
+    alpha)`` returns ``cell_score``'s dict plus ``k``."""
     rows = []
 
     def score(cand: Candidate, top: float, alpha: float, stage: str) -> dict:
@@ -179,13 +237,21 @@ def tune_kinds(score_cell: Callable[[Candidate, float, float], dict[str, float]]
         for cand in candidates:
             cand_alphas = _alphas(cand[0], alphas)
             score(cand, mid_top, cand_alphas[len(cand_alphas) // 2], "screen")
-        screened = pd.DataFrame(rows)
+        screened = _pickable(pd.DataFrame(rows))
+        views = ([direction_view(screened, d) for d in DIRECTIONS] if per_direction
+                 else [screened])
+        # ranked by score (success - strongest control - clean drop), not by success within
+        # the budget: whether one cell fits the budget says little about the candidate's best
+        # cell (a strong site over budget at the middle alpha fits it at a smaller one, while
+        # a site that moves nothing fits it everywhere)
         ranked: list[Candidate] = []
-        pool = _pickable(screened).copy()
-        while len(ranked) < keep and not pool.empty:
-            pick = best_cell(pool, max_control, max_clean_drop)
-            ranked.append((pick["kind"], pick["positions"], pick["sites"]))
-            pool = pool.drop(index=pick.name)
+        for view in views:
+            pool, taken = view.copy(), 0
+            while taken < keep and not pool.empty:
+                pick = best_cell(pool)
+                ranked.append(candidate_of(pick))
+                pool, taken = pool.drop(index=pick.name), taken + 1
+        ranked = list(dict.fromkeys(ranked))
     else:
         ranked = list(candidates)
     done = {(r["kind"], r["positions"], r["sites"], r["top"], r["alpha"]) for r in rows}
