@@ -49,6 +49,15 @@ def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run):
     assert table["margin_shift"].notna().all() and table["wrong_way"].between(0, 1).all()
     assert result.steering is kinds.result and kinds.pick == kinds.tuning.candidate
     m = result.metrics
+    # each direction steered with its own pick (tune_per_direction): the run's result for it
+    # is that candidate's kinds.csv row, at that direction's own tuned cell
+    assert set(kinds.picks) == {"to_gen", "to_mem"}
+    for d, cand in kinds.picks.items():
+        row = table[table["steered"] & (table["direction"] == d)]
+        assert len(row) == 1
+        assert tuple(row[["kind", "positions", "sites"]].iloc[0]) == cand
+        assert row["success"].iloc[0] == result.steering.selected[d].success
+        assert m[f"steer/tuned/{d}/alpha"] == row["alpha"].iloc[0] == result.steering.cell(d)[1]
     assert "steer/kind/set_mean/prompt/to_mem/success" in m
     assert "steer/kind/ablate/last_prompt/to_gen/max_control_success" in m
     assert 0 <= m["steer/ceiling/to_mem/reachable"] <= 1

@@ -91,6 +91,8 @@ def log_analysis(run: TrackedRun, analysis: Analysis, step: int | None = None,
         run.log_frame(kinds.table, "steering/kinds.csv")
         if kinds.tuning is not None:
             run.log_frame(kinds.tuning.scores, "steering/kinds_tuning.csv")
+        # what each direction steered with, as a column of the MLflow runs table
+        run.set_tags({f"memgen.steered.{d}": "/".join(c) for d, c in kinds.picks.items()})
         if kinds.ceiling is not None:
             run.log_frame(kinds.ceiling, "steering/ceiling.csv")
         if len(kinds.table):
