@@ -196,6 +196,8 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
                     cell = report.tuning.best_of(cand, *budget,
                                                  direction=dirs[0] if dirs else None)
                 except ValueError:  # no tuning item in this direction (interchange)
+                    if dirs is None:
+                        raise
                     continue
                 main, ctrl = make(cand, float(cell["top"]), ev_split)
                 res = evaluate_intervention(subject, ev_split.examples, ev_split.behaviors,
