@@ -5,6 +5,7 @@ timings are logged, and no analysis pass runs on padded input without an attenti
 from __future__ import annotations
 
 import math
+import traceback
 from dataclasses import replace
 
 import numpy as np
@@ -214,23 +215,29 @@ def test_no_analysis_pass_runs_without_an_attention_mask_on_padded_input(tmp_pat
         if bool((ids == pad).any()):
             seen["padded"] += 1
             if kwargs.get("attention_mask") is None:
-                seen["unmasked_padded"].append(tuple(ids.shape))
+                where = [f"{f.filename}:{f.lineno} {f.name}" for f in traceback.extract_stack()
+                         if "/memgen/" in f.filename]
+                seen["unmasked_padded"].append((tuple(ids.shape), where[-3:]))
 
     # the default path, then every intervention kind's own runner (issue 26's generation)
     settings = settings_from_config(cfg)
     kinds = settings.with_steering(replace(
         settings.steering, tune_kinds=("add", "add_scaled", "set_mean", "interchange", "ablate"),
-        tune_positions=("last_prompt", "all")))
-    handle = model.register_forward_pre_hook(check, with_kwargs=True)
+        tune_positions=("last_prompt", "every_pass", "all"), tune_sites=("mlp", "resid")))
+    # the LM head wrapper and the backbone it calls (transformers warns from the backbone)
+    handles = [m.register_forward_pre_hook(check, with_kwargs=True)
+               for m in (model, model.transformer)]
     try:
         analysis = analyse_model(Subject(model, tokenizer, task), settings)
         with_kinds = analyse_model(Subject(model, tokenizer, task), kinds)
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     assert analysis.steering is not None and analysis.consistency is not None  # every stage ran
     assert with_kinds.kinds is not None and len(with_kinds.kinds.table) > 0
     assert seen["passes"] > 100 and seen["padded"] > 0  # padded batches were exercised
-    assert seen["unmasked_padded"] == [], f"{len(seen['unmasked_padded'])} passes without a mask"
+    assert seen["unmasked_padded"] == [], (f"{len(seen['unmasked_padded'])} passes without a "
+                                           f"mask, the first from {seen['unmasked_padded'][:1]}")
     assert math.isfinite(analysis.metrics["steer/min_success"])
 
 

@@ -73,6 +73,9 @@ def filler_token_id(tokenizer) -> int | None:
     recommend passing in an `attention_mask`" warning, once per process). The finished row's
     tokens are cut at its first EOS (:func:`decode_new_tokens`), so its filler changes no
     output, and rows never see each other: EOS keeps every unmasked pass free of padding.
+    The warning can still appear once when a steered model *generates* its PAD token (content,
+    kept in the text as OTHER) in such a batch: that pass holds no padding, so its values are
+    exact; only transformers' guess from the token id is wrong.
     """
     eos = tokenizer.eos_token_id
     return eos if eos is not None else tokenizer.pad_token_id
