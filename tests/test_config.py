@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memgen.config import compose
+from memgen.config import compose, conf_dir
 from memgen.errors import ConfigError
 
 
@@ -59,3 +59,19 @@ def test_bad_config_fails_with_one_line_naming_the_key(overrides, expected):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("preset", sorted(
+    p.stem for p in (conf_dir() / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes_and_validates(preset):
+    """A preset a README or a docstring tells users to type must compose and pass validation."""
+    from memgen.config import validate
+
+    # a LoRA preset needs its base model named (a hub id is enough: nothing is loaded here)
+    base = ["model.name_or_path=someorg/some-base"] if preset.startswith("lora") else []
+    cfg = compose([f"experiment={preset}", *base])
+    validate(cfg)
+    if preset == "steering_kinds":
+        s = cfg.analysis.steering
+        assert list(s.tune_sites) == ["mlp", "resid"] and s.tune_per_direction
+        assert list(s.tune_positions) == ["last_prompt", "every_pass"]
