@@ -104,7 +104,7 @@ def test_kill_9_at_several_points_then_resume_continues_without_duplicates(tmp_p
     The moment is drawn within one measured epoch (the time between two ``last.ckpt`` writes),
     with epochs to spare after it: a fixed delay let a fast machine finish the run first. More
     training data than ``small`` makes an epoch last long enough (about a second) to aim at."""
-    epochs = 7
+    epochs = 8
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     overrides = small(tmp_path, epochs, **{"task.n_train": 1500})
     rng = random.Random(0)
@@ -117,9 +117,12 @@ def test_kill_9_at_several_points_then_resume_continues_without_duplicates(tmp_p
             if run_id is None:  # read with sqlite3: a client would race the child's schema set-up
                 run_id = _wait(lambda: _first_run_id(tmp_path), process)
             folder = checkpoint_dir(tmp_path, run_id)
-            _wait(lambda f=folder, k=kill_after: last_epoch(f) >= k, process)
+            # both marks are checkpoint writes of this process: a resumed run may already hold
+            # k epochs, and timing from its start-up made the sleep outlast the run
+            k = max(kill_after, last_epoch(folder) + 1)
+            _wait(lambda f=folder, k=k: last_epoch(f) >= k, process)
             started = time.monotonic()
-            _wait(lambda f=folder, k=kill_after: last_epoch(f) >= k + 1, process)
+            _wait(lambda f=folder, k=k: last_epoch(f) >= k + 1, process)
             time.sleep(rng.uniform(0, 0.8) * (time.monotonic() - started))  # within the next
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=60)
