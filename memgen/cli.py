@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from memgen.config import compose
+from memgen.config.validate import override_key
 from memgen.errors import ConfigError
 from memgen.runtime.boundary import report
 from memgen.runtime.interrupts import uninterrupted
@@ -132,8 +133,7 @@ def _dispatch(argv: Sequence[str] | None = None) -> int:
     elif args.command == "replicate":
         from memgen.commands.replicate import replicate  # noqa: PLC0415
 
-        seeds_given = any(o.lstrip("+").partition("=")[0] == "replicate.seeds"
-                          for o in args.overrides)
+        seeds_given = any(override_key(o) == "replicate.seeds" for o in args.overrides)
         metrics, objects = replicate(cfg, seeds_given)
     elif args.command == "analyse":
         from memgen.commands.analyse import analyse  # noqa: PLC0415

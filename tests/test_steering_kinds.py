@@ -23,6 +23,7 @@ from memgen.analysis.steering.hooks import steer
 from memgen.analysis.steering.intervene import POSITIONS, Intervention, intervene
 from memgen.analysis.steering.margin import margins
 from memgen.analysis.steering.runner import generate_with, sources_for
+from memgen.analysis.steering.tuning import direction_metrics
 from memgen.tasks.base import Behavior, Example
 from tests.helpers_steering import (
     MODELS,
@@ -325,7 +326,7 @@ def test_per_direction_tuning_refines_and_picks_each_directions_best():
     assert best["to_mem"]["min_success"] == pytest.approx(0.98)
     # its alpha-1 cell steers toward MEM too (0.96) but its control (0.3) is over the budget
     assert candidate_of(t.best_by_direction(0.5, 0.02)["to_mem"]) == cands[1]
-    m = t.direction_metrics(0.1, 0.02)
+    m = direction_metrics(best)
     assert m["steer/tuned/to_mem/alpha"] == 3.0 and m["steer/tuned/to_gen/alpha"] == 3.0
     own = t.best_of(cands[2], 0.1, 0.02, direction="to_mem")
     assert own["min_success"] == pytest.approx(0.53)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import pandas as pd
 import pytest
 
 from memgen.analysis.settings import Subject
@@ -20,7 +21,7 @@ def _subject_and_settings(trained_run):
             settings_from_config(trained_run["cfg"]))
 
 
-def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run):
+def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run, tmp_path):
     from memgen.analysis.stages import analyse_model
 
     subject, settings = _subject_and_settings(trained_run)
@@ -58,6 +59,22 @@ def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run):
         assert tuple(row[["kind", "positions", "sites"]].iloc[0]) == cand
         assert row["success"].iloc[0] == result.steering.selected[d].success
         assert m[f"steer/tuned/{d}/alpha"] == row["alpha"].iloc[0] == result.steering.cell(d)[1]
+    # logged: each direction's pick as a tag, and the kinds table with its steered rows
+    from mlflow.tracking import MlflowClient
+
+    from memgen.reporting.report import log_analysis
+    from memgen.tracking.run import tracked_run
+
+    cfg = trained_run["cfg"]
+    with tracked_run(cfg, "analyse", run_name="kinds-logged") as run:
+        log_analysis(run, result)
+    client = MlflowClient(cfg.tracking.uri)
+    tags = client.get_run(run.run_id).data.tags
+    assert {tags[f"memgen.steered.{d}"] for d in kinds.picks} == {
+        "/".join(c) for c in kinds.picks.values()}
+    logged = pd.read_csv(client.download_artifacts(run.run_id, "steering/kinds.csv",
+                                                   str(tmp_path)))
+    assert logged["steered"].sum() == len(kinds.picks)
     assert "steer/kind/set_mean/prompt/to_mem/success" in m
     assert "steer/kind/ablate/last_prompt/to_gen/max_control_success" in m
     assert 0 <= m["steer/ceiling/to_mem/reachable"] <= 1

@@ -38,6 +38,7 @@ from memgen.analysis.steering.compare import (
 from memgen.analysis.steering.evaluation import CleanBaseline, SteeringResult, merge_directions
 from memgen.analysis.steering.intervene import directions_of, positions_of
 from memgen.analysis.steering.margin import margins
+from memgen.analysis.steering.tuning import direction_metrics
 from memgen.tasks.base import Behavior, Example
 
 LEGACY_POSITIONS = ("last_prompt", "every_pass")
@@ -185,9 +186,8 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
         report.tuning = tune_kinds(score, cands, s.tune_top_fraction, s.tune_alpha, *budget,
                                    s.tune_keep, per_direction=s.tune_per_direction)
         report.pick = report.tuning.candidate
-        if s.tune_per_direction:
-            report.picks = {dr: candidate_of(cell) for dr, cell
-                            in report.tuning.best_by_direction(*budget).items()}
+        cells = report.tuning.best_by_direction(*budget) if s.tune_per_direction else {}
+        report.picks = {dr: candidate_of(cell) for dr, cell in cells.items()}
         rows, held_out = [], {}
         for cand in dict.fromkeys(cands):
             # per direction: each direction at the candidate's own best cell for it
@@ -213,7 +213,7 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
         if report.picks:
             report.result = merge_directions({dr: held_out[cand, dr]
                                               for dr, cand in report.picks.items()})
-            report.metrics |= report.tuning.direction_metrics(*budget)
+            report.metrics |= direction_metrics(cells)
         report.metrics |= report.tuning.metrics()
     report.table = pd.DataFrame(rows)
     report.metrics |= kind_metrics(rows)

@@ -17,6 +17,7 @@ from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport
 from memgen.analysis.stats import site_summary
 from memgen.analysis.steering.evaluation import SteeringResult
+from memgen.analysis.steering.tuning import direction_metrics
 from memgen.tasks import Behavior, Example
 
 Item = tuple[int, int]  # (group, variant)
@@ -156,12 +157,7 @@ class SteeringTuning:
         out = {"steer/tuned/top_fraction": self.top_fraction, "steer/tuned/alpha": self.alpha,
                "steer/tuned/k": float(self.best["k"]),
                "steer/tuned/score": float(self.best["score"])}
-        for direction, row in self.by_direction.items():
-            out |= {f"steer/tuned/{direction}/top_fraction": float(row["top"]),
-                    f"steer/tuned/{direction}/alpha": float(row["alpha"]),
-                    f"steer/tuned/{direction}/k": float(row["k"]),
-                    f"steer/tuned/{direction}/score": float(row["score"])}
-        return out
+        return out | direction_metrics(self.by_direction)
 
 
 @dataclass

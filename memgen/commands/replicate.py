@@ -229,8 +229,6 @@ def replicate(cfg: DictConfig, seeds_given: bool = False
     models: dict[int, str] = {}
     seeds = [int(s) for s in cfg.replicate.seeds]
     check_seeds(cfg, seeds)
-    key = replicate_key(cfg, seeds)
-    name = cfg.replicate.name or f"replicate-{cfg.task.name}-{key}"
     extra: dict[str, str] = {}
     if cfg.replicate.models:  # the source's seeds, its models: nothing is trained
         source, models = source_models(client, cfg.replicate.models)
@@ -240,6 +238,9 @@ def replicate(cfg: DictConfig, seeds_given: bool = False
         cfg = source_config(client, cfg, source.info.run_id, seeds)
         name = cfg.replicate.name or f"reanalyse-{source.info.run_name}-{key}"
         extra = {MODELS_TAG: cfg.replicate.models}
+    else:
+        key = replicate_key(cfg, seeds)
+        name = cfg.replicate.name or f"replicate-{cfg.task.name}-{key}"
     parent_id = find_parent(client, cfg, key)
     tags = {KEY_TAG: key, "memgen.replicate.seeds": ",".join(map(str, seeds))} | extra
     context = (tracked_run(cfg, COMMAND, run_id=parent_id) if parent_id

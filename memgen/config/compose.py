@@ -24,6 +24,7 @@ from memgen.config.validate import (
     check_key_characters,
     check_ranges,
     nearest,
+    override_key,
     validate,
 )
 from memgen.errors import ConfigError
@@ -128,7 +129,7 @@ def _hydra_message(exc: BaseException, overrides: list[str]) -> str:
             reason = _one_line(bad).split("Error parsing override")[-1].strip(" '")
             reason = reason.removeprefix(item).strip(" '").removeprefix(
                 "LexerNoViableAltException: ") or "a character the override syntax rejects"
-            key = item.partition("=")[0].lstrip("+~") or "config"
+            key = override_key(item) or "config"
             return (f"{key}: Error parsing override {item!r} ({reason[:120]}); expected "
                     f"key=value with balanced brackets and quotes, e.g. "
                     f"'{key}=[a,b]' or '{key}=\"a b\"'")

@@ -194,11 +194,16 @@ def check_bool_values(overrides: list[str], root: type) -> None:
 INVISIBLE = ("Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs")
 
 
+def override_key(item: str) -> str:
+    """The config key an override sets, appends (``+``) or deletes (``~``)."""
+    return item.partition("=")[0].lstrip("+~")
+
+
 def check_key_characters(overrides: list[str]) -> None:
     """A key with an invisible or non-ASCII character (a zero-width space pasted from a web
     page) is shown with repr(), so the user can see what is wrong."""
     for item in overrides:
-        key = item.partition("=")[0].lstrip("+~")
+        key = override_key(item)
         for i, ch in enumerate(key):
             if unicodedata.category(ch) in INVISIBLE or not ch.isascii():
                 raise _error(f"{shown(key)}: the override key has the character {ch!r} "

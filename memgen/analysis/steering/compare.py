@@ -174,16 +174,6 @@ class KindTuning:
                 out[direction] = best_cell(view, max_control, max_clean_drop)
         return out
 
-    def direction_metrics(self, max_control, max_clean_drop) -> dict[str, float]:
-        """``steer/tuned/<dir>/*``: each direction's own pick (as the legacy path logs)."""
-        out: dict[str, float] = {}
-        for direction, cell in self.best_by_direction(max_control, max_clean_drop).items():
-            out |= {f"steer/tuned/{direction}/top_fraction": float(cell["top"]),
-                    f"steer/tuned/{direction}/alpha": float(cell["alpha"]),
-                    f"steer/tuned/{direction}/k": float(cell["k"]),
-                    f"steer/tuned/{direction}/score": float(cell["score"])}
-        return out
-
     def metrics(self) -> dict[str, float]:
         return {"steer/tuned/top_fraction": float(self.best["top"]),
                 "steer/tuned/alpha": float(self.best["alpha"]),

@@ -164,3 +164,14 @@ def best_cells(scores: pd.DataFrame, max_control: float | None = None,
         as_cells = rows.rename(columns={"success": "min_success"})
         out[str(direction)] = best_cell(as_cells, max_control, max_clean_drop)
     return out
+
+
+def direction_metrics(cells: Mapping[str, pd.Series]) -> dict[str, float]:
+    """``steer/tuned/<direction>/*`` of each direction's own tuned cell."""
+    out: dict[str, float] = {}
+    for direction, cell in cells.items():
+        out |= {f"steer/tuned/{direction}/top_fraction": float(cell["top"]),
+                f"steer/tuned/{direction}/alpha": float(cell["alpha"]),
+                f"steer/tuned/{direction}/k": float(cell["k"]),
+                f"steer/tuned/{direction}/score": float(cell["score"])}
+    return out
