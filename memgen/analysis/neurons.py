@@ -22,6 +22,9 @@ class SiteStats:
     mean_gen: torch.Tensor  # [D]
     nmd: torch.Tensor  # [D] mean_mem - mean_gen
     r: torch.Tensor  # [D] Pearson r of activation with the label (0 where undefined)
+    # [D] steering's ranking score where it is not abs(r) (``steering/attribution.py``): the
+    # highest are selected first; None ranks by abs(r)
+    priority: torch.Tensor | None = None
 
     @property
     def width(self) -> int:

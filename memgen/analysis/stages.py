@@ -54,6 +54,7 @@ from memgen.analysis.stats import (
     shuffle_control,
     stream_stats,
 )
+from memgen.analysis.steering.attribution import attribution_scores, ranked_by
 from memgen.analysis.steering.controls import build_controls
 from memgen.analysis.steering.evaluation import (
     CleanBaseline,
@@ -267,11 +268,34 @@ def select_for_steering(settings: AnalysisSettings, stats: dict[str, SiteStats]
 
 
 def steering_selection(settings: AnalysisSettings, neurons: Neurons) -> NeuronSelection:
-    """The neurons steered (the analysis selection itself when nothing narrows it)."""
+    """The neurons steered (the analysis selection itself when nothing narrows or re-ranks
+    it)."""
     s = settings.steering
-    if s.sites == "all" and s.top_k is None and s.top_fraction is None:
+    if s.sites == "all" and s.top_k is None and s.top_fraction is None and s.rank == "abs_r":
         return neurons.selection
     return select_for_steering(settings, neurons.stats)
+
+
+def rank_by_attribution(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
+                        split: Split) -> Neurons:
+    """``neurons`` whose statistics rank steering's picks by attribution (each neuron's NMD
+    times the margin's gradient at the steered positions, on the selection split)."""
+    s = settings.steering
+    scores = attribution_scores(subject, split.examples, split.labels, neurons.stats,
+                                positions_of(s.positions, s.last_prompt_only),
+                                batch_size=max(1, settings.decoding.batch_size // 2))
+    return replace(neurons, stats=ranked_by(neurons.stats, scores))
+
+
+def rank_overlap(settings: AnalysisSettings, neurons: Neurons, ranked: Neurons
+                 ) -> dict[str, float]:
+    """``steer/rank_overlap``: the share of the steering pool's top neurons (the analysis's
+    top_k / top_fraction) that abs(r) and attribution both pick."""
+    s = settings.steering
+    by_r, by_attr = (select_neurons(steering_stats(s, n.stats), top_k=settings.top_k,
+                                    top_fraction=settings.top_fraction).keys()
+                     for n in (neurons, ranked))
+    return {"steer/rank_overlap": len(set(by_r) & set(by_attr)) / max(1, len(by_r))}
 
 
 def unsteered_clean(subject: Subject, settings: AnalysisSettings,
@@ -554,10 +578,15 @@ def _analyse_model(subject: Subject, settings: AnalysisSettings, stages: tuple[s
                 if "steering" in stages or "grid" in stages else None)
     if baseline is not None:
         timer.lap("clean_baseline")
+    ranked = neurons  # the statistics steering selects from: ranked by attribution if asked
+    if settings.steering.rank == "attribution" and ("steering" in stages or "grid" in stages):
+        ranked = rank_by_attribution(subject, settings, neurons, behaviors.selection)
+        result.metrics |= rank_overlap(settings, neurons, ranked)
+        timer.lap("attribution")
     steered = settings  # the tuned (top_fraction, alpha) also steer the transfer below
     if "steering" in stages and not is_legacy(settings):
-        result.kinds = run_kinds(subject, settings, neurons, features, behaviors, clean,
-                                 baseline, lambda spec: _pool(neurons, spec))
+        result.kinds = run_kinds(subject, settings, ranked, features, behaviors, clean,
+                                 baseline, lambda spec: _pool(ranked, spec))
         result.steering = result.kinds.result
         result.metrics |= summary_metrics(result.steering) | result.kinds.metrics
         kind, positions, sites = result.kinds.pick
@@ -569,7 +598,7 @@ def _analyse_model(subject: Subject, settings: AnalysisSettings, stages: tuple[s
         timer.lap("steering_kinds")  # tuning over the candidates and their held-out scores
     elif "steering" in stages:
         if settings.steering.tune:
-            result.tuning = tune_steering(subject, settings, neurons, behaviors.selection, clean,
+            result.tuning = tune_steering(subject, settings, ranked, behaviors.selection, clean,
                                           baseline)
             result.metrics |= result.tuning.metrics()
             steered = settings.with_steering(
@@ -578,22 +607,22 @@ def _analyse_model(subject: Subject, settings: AnalysisSettings, stages: tuple[s
         cells = result.tuning.by_direction if result.tuning is not None else {}
         if cells:
             result.steering = run_steering_by_direction(
-                subject, settings, neurons, behaviors.evaluation, clean, cells, baseline)
+                subject, settings, ranked, behaviors.evaluation, clean, cells, baseline)
             selections: NeuronSelection | dict[str, NeuronSelection] = {
-                d: steering_selection(at, neurons)
+                d: steering_selection(at, ranked)
                 for d, at in settings_by_direction(settings, cells).items()}
         else:
-            result.steering = run_steering(subject, steered, neurons, behaviors.evaluation,
+            result.steering = run_steering(subject, steered, ranked, behaviors.evaluation,
                                            clean, baseline)
-            selections = steering_selection(steered, neurons)
+            selections = steering_selection(steered, ranked)
         result.metrics |= summary_metrics(result.steering)
-        result.kinds = run_kinds(subject, steered, neurons, features, behaviors, clean,
-                                 baseline, lambda spec: _pool(neurons, spec), result.steering,
+        result.kinds = run_kinds(subject, steered, ranked, features, behaviors, clean,
+                                 baseline, lambda spec: _pool(ranked, spec), result.steering,
                                  selections)
         result.metrics |= result.kinds.metrics
         timer.lap("steering_evaluation")
     if "grid" in stages:
-        result.grid = run_grid(subject, settings, neurons, behaviors.evaluation, clean,
+        result.grid = run_grid(subject, settings, ranked, behaviors.evaluation, clean,
                                baseline=baseline)
         timer.lap("grid")
     if "consistency" in stages and settings.consistency and settings.use_pairs:

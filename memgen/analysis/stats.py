@@ -236,14 +236,30 @@ def _count(total: int, top_k: int | None, top_fraction: float | None) -> int:
 def select_neurons(stats: dict[str, SiteStats], top_k: int | None = None,
                    top_fraction: float | None = None,
                    sites: Sequence[str] | None = None) -> NeuronSelection:
-    """The neurons with the highest abs(r), globally over ``sites`` (default: all), best first.
+    """The neurons with the highest abs(r) (or ``priority``, where the statistics carry one),
+    globally over ``sites`` (default: all), best first.
 
     ``top_fraction`` is a share of all neurons in the pool (at least one neuron).
     """
     order, site_id, index, nmd, r = _flat(stats, sites)
     k = _count(len(r), top_k, top_fraction)
-    picked = torch.sort(r.abs(), descending=True, stable=True).indices[:k]
+    picked = torch.sort(_ranking_key(stats, order, r), descending=True, stable=True).indices[:k]
     return _take(order, site_id, index, nmd, r, picked)
+
+
+def _ranking_key(stats: dict[str, SiteStats], order: list[str], r: torch.Tensor) -> torch.Tensor:
+    """abs(r), or every site's ``priority`` where the statistics carry one (steering's
+    attribution ranking); a pool that mixes the two has no common scale and is refused."""
+    given = [stats[s].priority is not None for s in order]
+    if not any(given):
+        return r.abs()
+    if not all(given):
+        raise ValueError("select_neurons: some sites carry a ranking priority and some do not "
+                         f"({[s for s, g in zip(order, given, strict=True) if not g]} lack one)")
+    key = torch.cat([stats[s].priority.float().cpu() for s in order])  # type: ignore[union-attr]
+    if key.numel() != r.numel():
+        raise ValueError("select_neurons: a site's priority does not match its width")
+    return torch.nan_to_num(key, nan=-torch.inf)
 
 
 def lowest_neurons(stats: dict[str, SiteStats], k: int,

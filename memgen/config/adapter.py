@@ -33,7 +33,7 @@ def settings_from_config(cfg: DictConfig) -> AnalysisSettings:
         kind=str(s.kind), positions=None if s.positions is None else str(s.positions),
         tune_kinds=tuple(s.tune_kinds), tune_positions=tuple(s.tune_positions),
         tune_sites=tuple(str(x) for x in s.tune_sites), tune_keep=int(s.tune_keep),
-        ceiling=bool(s.ceiling), forced_labels=bool(s.forced_labels))
+        ceiling=bool(s.ceiling), forced_labels=bool(s.forced_labels), rank=str(s.rank))
     return AnalysisSettings(
         decoding=Decoding(max_new_tokens=int(cfg.task.max_new_tokens),
                           batch_size=int(a.batch_size), num_beams=int(a.decoding.num_beams)),

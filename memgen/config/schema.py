@@ -158,6 +158,9 @@ class SteeringConfig:
     tune_sites: list[str] = field(default_factory=list)
     tune_keep: int = 2
     ceiling: bool = True
+    # how the steered neurons are ranked: abs_r (the paper) or attribution (NMD x the margin's
+    # gradient on the selection split: steering/attribution.py)
+    rank: str = "abs_r"
     # label steered and unsteered items of tuning, evaluation and the grid by teacher-forced
     # passes where that proves greedy's output (the same labels); false: decode every item
     forced_labels: bool = False

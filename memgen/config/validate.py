@@ -274,6 +274,8 @@ def _validate_kinds(s) -> None:
         _require(name in positions, "analysis.steering.positions", f"names from {positions}",
                  name)
     _require(s.tune_keep >= 1, "analysis.steering.tune_keep", "an integer >= 1", s.tune_keep)
+    ranks = ["abs_r", "attribution"]
+    _require(s.rank in ranks, "analysis.steering.rank", f"one of {ranks}", s.rank)
 
 
 def validate(cfg: DictConfig) -> None:
