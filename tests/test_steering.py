@@ -386,8 +386,12 @@ def test_steering_sites_restrict_the_selection_and_the_controls_pool():
     assert list(pool) == ["resid.1"]
     controls = build_controls(pool, chosen, seed=0)
     assert all(set(c.sites) == {"resid.1"} for c in controls.values())
-    everywhere = settings.with_steering(SteeringSettings(sites="all", top_fraction=None))
+    everywhere = settings.with_steering(SteeringSettings(sites="all", top_fraction=None,
+                                                         rank="abs_r"))
     assert steering_selection(everywhere, neurons) is neurons.selection
+    # ranked by attribution, the pick is made again from the (re-ranked) statistics
+    attributed = settings.with_steering(SteeringSettings(sites="all", top_fraction=None))
+    assert steering_selection(attributed, neurons) is not neurons.selection
 
 
 def test_grid_scores_and_the_pick_by_hand():

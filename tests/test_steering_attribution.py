@@ -152,3 +152,36 @@ def test_a_run_steers_the_top_neurons_by_attribution(trained_run):
     assert 0 <= result.metrics["steer/rank_overlap"] < 1
     assert "time/attribution_s" in result.metrics
     assert result.steering.k == len(chosen)
+
+
+@pytest.mark.slow
+def test_attribution_sees_only_the_items_that_choose(trained_run, monkeypatch):
+    """Steering ranks on the selection split's items, the transfer check on half B's: the
+    items they are then scored on never enter the ranking."""
+    import dataclasses
+
+    import memgen.analysis.stages as stages
+    from memgen.config.adapter import settings_from_config
+
+    trained = trained_run["objects"]["trained"]
+    subject = Subject(trained.model, trained.tokenizer, trained.task)
+    settings = settings_from_config(trained_run["cfg"])
+    settings = dataclasses.replace(settings, consistency_seeds=()).with_steering(
+        dataclasses.replace(settings.steering, rank="attribution", tune=False))
+    seen: list[set[int]] = []  # the Example objects by identity: prompts can repeat
+    real = stages.attribution_scores
+
+    def spy(subject, examples, *args, **kwargs):
+        seen.append({id(ex) for ex in examples})
+        return real(subject, examples, *args, **kwargs)
+
+    monkeypatch.setattr(stages, "attribution_scores", spy)
+    result = stages.analyse_model(subject, settings,
+                                  stages=("neurons", "steering", "consistency"))
+    selection = {id(ex) for ex in result.behaviors.selection.examples}
+    evaluation = {id(ex) for ex in result.behaviors.evaluation.examples}
+    assert len(seen) == 2 and seen[0] == selection
+    # the transfer steers half A (the selection split) with half B's (the evaluation split's)
+    # neurons, so half B's items alone rank them
+    assert seen[1] == evaluation and not seen[1] & selection
+    assert "consistency/intra/transfer/to_mem/success" in result.metrics

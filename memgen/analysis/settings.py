@@ -66,7 +66,7 @@ class SteeringSettings:
     tune_keep: int = 2  # candidates refined over k x alpha after the one-cell screen
     ceiling: bool = True  # the GEN->MEM full-site interchange ceiling
     # abs_r (the paper) | attribution: NMD x the margin's gradient (steering/attribution.py)
-    rank: str = "abs_r"
+    rank: str = "attribution"
     forced_labels: bool = False  # label steering's items by teacher-forced passes (same labels)
 
     def __post_init__(self) -> None:

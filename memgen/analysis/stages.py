@@ -467,17 +467,23 @@ def transfer_metrics(result: SteeringResult) -> dict[str, float]:
 
 def run_transfer(subject: Subject, settings: AnalysisSettings, features: Features,
                  behaviors: Behaviors, intra: IntraResult) -> SteeringResult:
-    """The steered neurons (steering sites and k), selected on half B of the pairs, steer half
-    A's items next to the controls (built from half B's statistics): the selection generalizes
-    beyond its own sample.
+    """The steered neurons (steering sites and k, ranked as ``steering.rank`` says), selected on
+    half B of the pairs, steer half A's items next to the controls (built from half B's
+    statistics): the selection generalizes beyond its own sample.
 
     B -> A on purpose: with ``selection_fraction`` 0.5 the halves are the selection and
     evaluation splits, so A -> B is the held-out steering result itself.
     """
     half_a, half_b = intra.halves
     stats_b = _stats_fn(features)(half_b)
-    selection = select_for_steering(settings, stats_b)  # the steered neurons, chosen on half B
     s = settings.steering
+    if s.rank == "attribution":  # ranked by half B's own items' gradients, as steering ranks
+        source = _split(behaviors.labelled, _items_of_pairs(half_b))
+        stats_b = ranked_by(stats_b, attribution_scores(
+            subject, source.examples, source.labels, stats_b,
+            positions_of(s.positions, s.last_prompt_only),
+            batch_size=max(1, settings.decoding.batch_size // 2)))
+    selection = select_for_steering(settings, stats_b)  # the steered neurons, chosen on half B
     controls = build_controls(steering_stats(s, stats_b), selection, settings.seed, s.controls)
     target = _split(behaviors.labelled, _items_of_pairs(half_a))
     return evaluate_steering(subject, target.examples, target.behaviors, selection, s.alpha,

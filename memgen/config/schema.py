@@ -160,7 +160,7 @@ class SteeringConfig:
     ceiling: bool = True
     # how the steered neurons are ranked: abs_r (the paper) or attribution (NMD x the margin's
     # gradient on the selection split: steering/attribution.py)
-    rank: str = "abs_r"
+    rank: str = "attribution"
     # label steered and unsteered items of tuning, evaluation and the grid by teacher-forced
     # passes where that proves greedy's output (the same labels); false: decode every item
     forced_labels: bool = False
