@@ -356,6 +356,36 @@ def test_reanalysis_of_chosen_seeds_takes_only_those_and_names_a_missing_one(thr
 
 
 @pytest.mark.slow
+def test_seeds_kept_from_other_code_are_named_and_fresh_runs_them_again(three_seeds, reanalysed,
+                                                                         capsys):
+    """A re-run under another commit says which kept seeds that code made;
+    ``replicate.fresh=true`` then starts a new parent that runs every seed."""
+    import memgen.commands.replicate as replicate_mod
+    from memgen.training import runner
+
+    source, root = reanalysed["source"], three_seeds["root"]
+    overrides = {"replicate.models": source, "analysis.top_fraction": 0.2,
+                 "replicate.seeds": "[2]"}
+    cfg = compose(replicate_overrides(root, **overrides))
+    first = replicate(cfg, seeds_given=True)[1]["run_id"]  # made (or kept) under this code
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "fit", lambda *a, **k: pytest.fail("trained"))
+        patch.setattr(replicate_mod, "context_tags",
+                      lambda: {"mlflow.source.git.commit": "f" * 40})
+        again = replicate(cfg, seeds_given=True)[1]["run_id"]
+        line = capsys.readouterr().err
+        assert again == first
+        assert "seed(s) [2] finished earlier under commit" in line
+        assert "this checkout: fffffff" in line and "replicate.fresh=true" in line
+        fresh = compose(replicate_overrides(root, **overrides, **{"replicate.fresh": True}))
+        new = replicate(fresh, seeds_given=True)[1]["run_id"]
+    assert new != first
+    assert [int(r.data.tags["seed"]) for r in _children(cfg, new)] == [2]
+    assert len(_children(cfg, first)) == 1  # the old parent keeps its own
+
+
+@pytest.mark.slow
 def test_reanalysis_aggregates_equal_its_childrens(reanalysed):
     cfg, parent_id = reanalysed["cfg"], reanalysed["objects"]["run_id"]
     parent = MlflowClient(cfg.tracking.uri).get_run(parent_id).data.metrics

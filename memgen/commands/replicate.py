@@ -35,7 +35,7 @@ from memgen.replicates.aggregate import (
     per_seed_table,
 )
 from memgen.replicates.claims import score_claims
-from memgen.tracking.run import tracked_run
+from memgen.tracking.run import context_tags, tracked_run
 from memgen.tracking.search import children, runs_tagged
 from memgen.tracking.store import check_store, tracking_uri
 
@@ -146,6 +146,21 @@ def _finished_seeds(client: MlflowClient, cfg: DictConfig, parent_run_id: str) -
     return out
 
 
+def other_code(done: dict[int, Any], seeds: list[int]) -> str:
+    """A line naming the seeds kept from an earlier invocation that ran another git commit
+    than this checkout ('' when there are none, or no commit is known)."""
+    now = context_tags().get("mlflow.source.git.commit")
+    if not now:
+        return ""
+    before = {s: done[s].data.tags.get("git.commit", "unknown") for s in seeds if s in done}
+    stale = {s: c for s, c in before.items() if c != now}
+    if not stale:
+        return ""
+    commits = ", ".join(sorted({c[:7] for c in stale.values()}))
+    return (f"seed(s) {sorted(stale)} finished earlier under commit {commits} (this checkout: "
+            f"{now[:7]})")
+
+
 def finished_children(client: MlflowClient, parent: Any) -> dict[int, Any]:
     """seed -> the newest FINISHED child of a parent run (in the parent's experiment)."""
     runs = client.search_runs([parent.info.experiment_id],
@@ -241,13 +256,18 @@ def replicate(cfg: DictConfig, seeds_given: bool = False
     else:
         key = replicate_key(cfg, seeds)
         name = cfg.replicate.name or f"replicate-{cfg.task.name}-{key}"
-    parent_id = find_parent(client, cfg, key)
+    parent_id = None if cfg.replicate.fresh else find_parent(client, cfg, key)
     tags = {KEY_TAG: key, "memgen.replicate.seeds": ",".join(map(str, seeds))} | extra
     context = (tracked_run(cfg, COMMAND, run_id=parent_id) if parent_id
                else tracked_run(cfg, COMMAND, run_name=name, extra_tags=tags))
     with context as parent:
         done = _finished_seeds(client, cfg, parent.run_id)
         todo = [s for s in seeds if s not in done]
+        stale = other_code(done, seeds)
+        if stale:
+            print(f"memgen replicate: {stale}; their numbers are that code's: "
+                  "replicate.fresh=true runs every seed again under a new parent",
+                  file=sys.stderr)
         threads = threads_per_seed(cfg)
         print(f"memgen replicate: {name}, seeds {seeds}: {len(seeds) - len(todo)} finished "
               f"earlier, {len(todo)} to {'re-analyse' if models else 'run'} on "

@@ -241,6 +241,10 @@ class ReplicateConfig:
     name: str | None = None  # the parent run's name (default: replicate-<task>-<config digest>)
     # an earlier replicate's parent run id: re-analyse its seeds' models, no training
     models: str | None = None
+    # true: a new parent run even where one of this config and these seeds exists (its
+    # finished seeds are kept, not reused): after a code change, whose numbers the old ones
+    # are not
+    fresh: bool = False
 
 
 @dataclass
