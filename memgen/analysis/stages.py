@@ -276,15 +276,22 @@ def steering_selection(settings: AnalysisSettings, neurons: Neurons) -> NeuronSe
     return select_for_steering(settings, neurons.stats)
 
 
+def attributed(subject: Subject, settings: AnalysisSettings, stats: dict[str, SiteStats],
+               split: Split) -> dict[str, SiteStats]:
+    """``stats`` ranked for steering by attribution: each neuron's NMD times the margin's
+    gradient at the steered positions, on ``split``'s items (never those later steered)."""
+    s = settings.steering
+    return ranked_by(stats, attribution_scores(
+        subject, split.examples, split.labels, stats,
+        positions_of(s.positions, s.last_prompt_only),
+        batch_size=max(1, settings.decoding.batch_size // 2)))
+
+
 def rank_by_attribution(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
                         split: Split) -> Neurons:
-    """``neurons`` whose statistics rank steering's picks by attribution (each neuron's NMD
-    times the margin's gradient at the steered positions, on the selection split)."""
-    s = settings.steering
-    scores = attribution_scores(subject, split.examples, split.labels, neurons.stats,
-                                positions_of(s.positions, s.last_prompt_only),
-                                batch_size=max(1, settings.decoding.batch_size // 2))
-    return replace(neurons, stats=ranked_by(neurons.stats, scores))
+    """``neurons`` whose statistics rank steering's picks by attribution on ``split`` (the
+    selection split)."""
+    return replace(neurons, stats=attributed(subject, settings, neurons.stats, split))
 
 
 def rank_overlap(settings: AnalysisSettings, neurons: Neurons, ranked: Neurons
@@ -478,11 +485,8 @@ def run_transfer(subject: Subject, settings: AnalysisSettings, features: Feature
     stats_b = _stats_fn(features)(half_b)
     s = settings.steering
     if s.rank == "attribution":  # ranked by half B's own items' gradients, as steering ranks
-        source = _split(behaviors.labelled, _items_of_pairs(half_b))
-        stats_b = ranked_by(stats_b, attribution_scores(
-            subject, source.examples, source.labels, stats_b,
-            positions_of(s.positions, s.last_prompt_only),
-            batch_size=max(1, settings.decoding.batch_size // 2)))
+        stats_b = attributed(subject, settings, stats_b,
+                             _split(behaviors.labelled, _items_of_pairs(half_b)))
     selection = select_for_steering(settings, stats_b)  # the steered neurons, chosen on half B
     controls = build_controls(steering_stats(s, stats_b), selection, settings.seed, s.controls)
     target = _split(behaviors.labelled, _items_of_pairs(half_a))
