@@ -167,7 +167,8 @@ def test_attribution_sees_only_the_items_that_choose(trained_run, monkeypatch):
     subject = Subject(trained.model, trained.tokenizer, trained.task)
     settings = settings_from_config(trained_run["cfg"])
     settings = dataclasses.replace(settings, consistency_seeds=()).with_steering(
-        dataclasses.replace(settings.steering, rank="attribution", tune=False))
+        dataclasses.replace(settings.steering, rank="attribution", tune=False,
+                            controls=("random",), ceiling=False))
     seen: list[set[int]] = []  # the Example objects by identity: prompts can repeat
     real = stages.attribution_scores
 
