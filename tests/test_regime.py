@@ -123,8 +123,9 @@ def test_pair_yield_checkpoint_needs_validation_variants(tmp_path):
 @pytest.mark.parametrize(("task", "n_val", "kept_by"), [
     ("arithmetic", None, "val/pair_yield_with_both"),  # the default: 3 validation variants
     ("arithmetic", 1, "val/behavior_balance"),
-    ("colour", None, "val/behavior_balance"),  # originals only
-    ("colour", 2, "val/pair_yield_with_both")])
+    ("colour", None, "val/pair_yield_with_both"),  # the CPU preset: 3 validation variants
+    ("colour", 1, "val/behavior_balance"),  # originals only
+    ("colour_paper", None, "val/behavior_balance")])
 def test_auto_checkpoint_metric_follows_the_validation_variants(tmp_path, task, n_val, kept_by):
     overrides = {"task": task} | ({"task.n_val_perturbations": n_val} if n_val else {})
     cfg = compose(tiny_overrides(tmp_path, **overrides))
