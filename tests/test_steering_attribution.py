@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from memgen.analysis.neurons import NeuronSelection, SiteStats
-from memgen.analysis.settings import Subject
+from memgen.analysis.settings import SteeringSettings, Subject
 from memgen.analysis.stats import select_neurons
 from memgen.analysis.steering import kinds
-from memgen.analysis.steering.attribution import attribution_scores, check_rank, ranked_by
+from memgen.analysis.steering.attribution import attribution_scores, ranked_by
 from memgen.analysis.steering.margin import margins
 from memgen.tasks.base import Example
 from tests.helpers_steering import (
@@ -89,8 +89,16 @@ def test_mixed_or_missing_priorities_are_refused():
         select_neurons(mixed, top_k=2)
     with pytest.raises(ValueError, match="no scores for site"):
         ranked_by(stats, {"resid.1": torch.ones(8)})
-    with pytest.raises(ValueError, match="rank: expected one of"):
-        check_rank("gradient")
+    with pytest.raises(ValueError, match=r"rank: expected one of \['abs_r', 'attribution'\]"):
+        SteeringSettings(rank="gradient")
+    from memgen.config import compose
+    from memgen.config.adapter import settings_from_config
+    from memgen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^analysis.steering.rank: expected one of"):
+        compose(["analysis.steering.rank=gradient"])
+    assert settings_from_config(compose([])).steering.rank == "attribution"
+    assert settings_from_config(compose(["experiment=paper_steering"])).steering.rank == "abs_r"
 
 
 def test_attribution_needs_both_behaviours(model):
@@ -146,12 +154,21 @@ def test_a_run_steers_the_top_neurons_by_attribution(trained_run):
     assert chosen.keys() != steering_selection(
         settings.with_steering(dataclasses.replace(settings.steering, rank="abs_r")),
         neurons).keys()
-    from memgen.analysis.stages import analyse_model
+    import memgen.analysis.stages as stages
 
-    result = analyse_model(subject, settings, stages=("neurons", "steering"))
+    steered = []
+    real = stages.evaluate_steering
+
+    def spy(subject, examples, labels, selection, *args, **kwargs):
+        steered.append(selection.keys())
+        return real(subject, examples, labels, selection, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stages, "evaluate_steering", spy)
+        result = stages.analyse_model(subject, settings, stages=("neurons", "steering"))
+    assert steered == [chosen.keys()]  # the run steers the attribution pick, not abs(r)'s
     assert 0 <= result.metrics["steer/rank_overlap"] < 1
     assert "time/attribution_s" in result.metrics
-    assert result.steering.k == len(chosen)
 
 
 @pytest.mark.slow

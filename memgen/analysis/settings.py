@@ -37,6 +37,9 @@ class ProbeSettings:
     weight_decay: float = 1e-3
 
 
+RANKS = ("abs_r", "attribution")  # how steering ranks its neurons (steering/attribution.py)
+
+
 @dataclass(frozen=True)
 class SteeringSettings:
     """Which neurons are steered, how hard, against which controls; and the (k, alpha) grids."""
@@ -70,6 +73,8 @@ class SteeringSettings:
     forced_labels: bool = False  # label steering's items by teacher-forced passes (same labels)
 
     def __post_init__(self) -> None:
+        if self.rank not in RANKS:  # any other name would silently steer by abs(r)'s pick
+            raise ValueError(f"rank: expected one of {list(RANKS)}, got {self.rank!r}")
         # ``positions`` wins over the legacy flag where both name the same thing
         if self.positions in ("last_prompt", "every_pass"):
             object.__setattr__(self, "last_prompt_only", self.positions == "last_prompt")

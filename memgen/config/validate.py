@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from memgen.analysis.settings import RANKS
 from memgen.config.schema import (
     CHECKPOINT_METRICS,
     DEFAULT_RANGE,
@@ -274,8 +275,7 @@ def _validate_kinds(s) -> None:
         _require(name in positions, "analysis.steering.positions", f"names from {positions}",
                  name)
     _require(s.tune_keep >= 1, "analysis.steering.tune_keep", "an integer >= 1", s.tune_keep)
-    ranks = ["abs_r", "attribution"]
-    _require(s.rank in ranks, "analysis.steering.rank", f"one of {ranks}", s.rank)
+    _require(s.rank in RANKS, "analysis.steering.rank", f"one of {list(RANKS)}", s.rank)
 
 
 def validate(cfg: DictConfig) -> None:

@@ -25,16 +25,8 @@ from memgen.analysis.neurons import SiteStats
 from memgen.analysis.settings import Subject
 from memgen.analysis.sites import hook_site
 from memgen.analysis.steering.intervene import PassState, check_positions, position_mask
-from memgen.analysis.steering.margin import _logp_answers, answer_batch
+from memgen.analysis.steering.margin import answer_batch, answer_logprobs
 from memgen.tasks.base import Example
-
-RANKS = ("abs_r", "attribution")
-
-
-def check_rank(rank: str) -> str:
-    if rank not in RANKS:
-        raise ValueError(f"rank: expected one of {list(RANKS)}, got {rank!r}")
-    return rank
 
 
 def _steered_mask(batch: Mapping[str, torch.Tensor], positions: str) -> torch.Tensor:
@@ -62,7 +54,7 @@ def _margin_gradients(model, batch: Mapping[str, torch.Tensor], sites: Sequence[
         for site in sites:
             handles.append(hook_site(model, site, keeper(site)))
         with torch.enable_grad():
-            logp = _logp_answers(model, dict(batch))
+            logp = answer_logprobs(model, dict(batch))
             margin = (logp[0::2] - logp[1::2]).sum()
             return list(torch.autograd.grad(margin, [held[s] for s in sites]))
     finally:

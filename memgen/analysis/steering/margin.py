@@ -58,7 +58,8 @@ def answer_batch(tokenizer, examples: Sequence[Example]) -> dict[str, torch.Tens
     return {"input_ids": ids, **out, "targets": targets}
 
 
-def _logp_answers(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_logprobs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[rows] the summed log-probabilities of each row's answer tokens (``answer_batch``)."""
     device = next(model.parameters()).device
     mask = batch["attention_mask"].long().to(device)
     logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
@@ -85,7 +86,7 @@ def margins(subject: Subject, examples: Sequence[Example],
             chunk = list(examples[start:start + batch_size])
             batch = answer_batch(tok, chunk)
             if intervention is None:
-                logp = _logp_answers(model, batch)
+                logp = answer_logprobs(model, batch)
             else:
                 sources = {}
                 if intervention.kind == "interchange":
@@ -95,7 +96,7 @@ def margins(subject: Subject, examples: Sequence[Example],
                 with intervene(model, intervention, alpha, direction, positions) as state:
                     state.sources = sources
                     with forced_layout(state, batch["prompt"], batch["last"], batch["answer"]):
-                        logp = _logp_answers(model, batch)
+                        logp = answer_logprobs(model, batch)
             out.append(logp[0::2] - logp[1::2])
     finally:
         model.train(was_training)
