@@ -31,6 +31,7 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
     metrics = run.data.metrics
     for key in ("val/behavior_balance", "pairs/n", "neurons/max_abs_r/resid.1",
                 "neurons/mean_abs_nmd/mlp.1", "probe/acc/resid.1", "probe/best_acc",
+                "probe/lens_acc/resid.1", "probe/lens/best_acc", "probe/lens/distinct_share",
                 "probe/baseline/majority_acc", "probe/baseline/shuffled_acc",
                 "steer/to_gen/success", "steer/to_mem/success",
                 "steer/to_gen/control_random/success", "steer/to_mem/control_low_r/success",

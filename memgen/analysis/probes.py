@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -29,6 +29,9 @@ from torch import nn
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
 from memgen.analysis.neurons import NeuronSelection
+
+if TYPE_CHECKING:
+    from memgen.analysis.lens import LensReport
 from memgen.analysis.sites import parse_site
 
 MIN_TRAIN_PER_CLASS = 2
@@ -170,7 +173,8 @@ def check_disjoint(train_ids: Iterable[object], eval_ids: Iterable[object]) -> N
 class ProbeReport:
     """Per-site probe scores and the baselines they must beat."""
 
-    table: pd.DataFrame  # site, kind, layer, acc, auroc, shuffled_acc (NaN where not run)
+    table: pd.DataFrame  # site, kind, layer, acc, auroc, shuffled_acc (NaN where not run),
+    # and lens_acc once the answer lens is added
     best_site: str
     majority_class: int
     majority_acc: float
@@ -182,6 +186,12 @@ class ProbeReport:
     n_train: int = 0
     n_eval: int = 0
     probes: dict[str, LinearProbe] = field(default_factory=dict, repr=False)
+    lens: LensReport | None = None  # the answer lens (``lens``); None without the model
+
+    def add_lens(self, lens: LensReport) -> None:
+        """Keep the answer lens and show it beside each resid site's probe (``lens_acc``)."""
+        self.lens = lens
+        self.table["lens_acc"] = self.table["site"].map(lens.acc).astype(float)
 
     @property
     def best_acc(self) -> float:
@@ -200,6 +210,8 @@ class ProbeReport:
         out["probe/baseline/shuffled_acc"] = self.shuffled_acc
         if self.topk_acc is not None:
             out["probe/topk_acc"] = self.topk_acc
+        if self.lens is not None:
+            out |= self.lens.metrics()
         return out
 
     def tags(self) -> dict[str, str]:

@@ -34,6 +34,7 @@ from memgen.analysis.consistency import (
 )
 from memgen.analysis.input_baseline import input_only_accuracy
 from memgen.analysis.kinds_stage import is_legacy, run_kinds, steer_kind
+from memgen.analysis.lens import answer_lens
 from memgen.analysis.neurons import NeuronSelection, SiteStats
 from memgen.analysis.probes import ProbeReport, check_disjoint, probe_sites
 from memgen.analysis.results import (
@@ -195,9 +196,10 @@ def contrast(subject: Subject, settings: AnalysisSettings, allow_no_pairs: bool 
 # -- stage 3: probes --------------------------------------------------------------------------
 
 def run_probes(settings: AnalysisSettings, features: Features, behaviors: Behaviors,
-               selection: NeuronSelection | None, tokenizer=None) -> ProbeReport:
+               selection: NeuronSelection | None, tokenizer=None, model=None) -> ProbeReport:
     """A probe per site trained on the selection split, scored on the evaluation split; with
-    the tokenizer, the input-only baseline is a probe on the whole prompt's tokens."""
+    the tokenizer, the input-only baseline is a probe on the whole prompt's tokens; with the
+    model too, the answer lens (``lens``) beside each resid site."""
     x_train, y_train = features.take(behaviors.selection.items)
     x_eval, y_eval = features.take(behaviors.evaluation.items)
     p = settings.probe
@@ -209,6 +211,9 @@ def run_probes(settings: AnalysisSettings, features: Features, behaviors: Behavi
         report.input_only_acc = input_only_accuracy(
             tokenizer, [ex.prompt for ex in sel.examples], sel.labels,
             [ex.prompt for ex in ev.examples], ev.labels, **kw)
+        if model is not None:
+            report.add_lens(answer_lens(model, tokenizer, (x_train, y_train, sel.examples),
+                                        (x_eval, y_eval, ev.examples), **kw))
     return report
 
 
@@ -578,7 +583,7 @@ def _analyse_model(subject: Subject, settings: AnalysisSettings, stages: tuple[s
     if "probes" in stages:
         try:
             result.probes = run_probes(settings, features, behaviors, neurons.selection,
-                                       subject.tokenizer)
+                                       subject.tokenizer, subject.model)
             result.metrics |= result.probes.metrics()
         except ValueError as exc:  # a split too small to fit a probe: the rest still stands
             result.skipped["probes"] = str(exc)

@@ -72,7 +72,9 @@ def probe_line(m: Mapping[str, float]) -> list[str]:
             f"{num(_get(m, 'probe/baseline/input_only_acc'))}, shuffled "
             f"{num(_get(m, 'probe/baseline/shuffled_acc'))}, majority "
             f"{num(_get(m, 'probe/baseline/majority_acc'))}; top-k neurons "
-            f"{num(_get(m, 'probe/topk_acc'))}"]
+            f"{num(_get(m, 'probe/topk_acc'))}"
+            + (f"; answer lens {num(_get(m, 'probe/lens/best_acc'))}"
+               if "probe/lens/best_acc" in m else "")]
 
 
 def steering_lines(m: Mapping[str, float]) -> list[str]:

@@ -190,6 +190,11 @@ def summary(analysis: Analysis, top: int = 10) -> str:
                   f"best site {p.best_site}: acc {p.best_acc:.3f}   input-only (prompt tokens) "
                   f"{_fmt(p.input_only_acc)}   shuffled labels {p.shuffled_acc:.3f}   "
                   f"majority {p.majority_acc:.3f}   top-k neurons {_fmt(p.topk_acc)}"]
+        if p.lens is not None and p.lens.acc:
+            best = max(p.lens.acc, key=p.lens.acc.__getitem__)
+            lines.append(f"answer lens (each item's own MEM - GEN answer, through the final "
+                         f"norm): best {best} {p.lens.acc[best]:.3f}; first answer tokens "
+                         f"differ on {p.lens.distinct_share:.0%} of evaluation items")
     if analysis.steering is not None:
         s = analysis.steering
         lines += ["", f"== steering (k={s.k}, alpha={s.alpha:g}) on the evaluation split =="]

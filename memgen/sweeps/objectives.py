@@ -40,13 +40,13 @@ TRAINING_FIXED = (
     "neurons/n_total", "neurons/n_selected", "neurons/max_abs_r",
     "neurons/selected_min_abs_r", "neurons/chance_max_abs_r_q95", "neurons/chance_abs_r_q95",
     "probe/best_acc", "probe/baseline/majority_acc", "probe/baseline/input_only_acc",
-    "probe/baseline/shuffled_acc", "probe/topk_acc",
+    "probe/baseline/shuffled_acc", "probe/topk_acc", "probe/lens/best_acc",
     *(f"consistency/intra/{n}" for n in ("jaccard", "expected_jaccard", "overlap_coef",
                                           "p_value", "enrichment", "r_corr")),
 )
 _SITE = r"(resid|mlp)\.\d+"
 TRAINING_PATTERNS = (re.compile(rf"neurons/(max_abs_r|mean_abs_nmd)/{_SITE}"),
-                     re.compile(rf"probe/(acc|auroc)/{_SITE}"))
+                     re.compile(rf"probe/(acc|auroc|lens_acc)/{_SITE}"))
 # Which analysis stages a training trial must run to produce a metric (None: training alone).
 STAGE_OF_PREFIX = {"behavior/": (), "pairs/": (), "neurons/": (), "probe/": ("probes",),
                    "steer/": ("steering",), "side/": ("steering",),

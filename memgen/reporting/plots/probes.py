@@ -35,6 +35,11 @@ def probe_accuracy_by_layer(report: ProbeReport) -> Figure:
                 label=f"{kind} shuffled labels",
             )
 
+    if "lens_acc" in table and table["lens_acc"].notna().any():
+        lens = table[table["lens_acc"].notna()]
+        ax.plot(lens["layer"], lens["lens_acc"], marker="s", linestyle="--",
+                label="answer lens (each item's own answers)")
+
     ax.axhline(report.majority_acc, linestyle="--", label="majority class", **_BASELINE_STYLE)
     if report.input_only_acc is not None:
         ax.axhline(
