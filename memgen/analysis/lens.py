@@ -44,11 +44,19 @@ def final_norm(model: nn.Module) -> nn.Module:
                      f"(expected transformer.ln_f or model.norm)")
 
 
+def unembedding(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W_U [vocab, d] and its bias (None without one), from transformers' output embeddings."""
+    base: Any = unwrap(model)
+    head = base.get_output_embeddings()
+    return head.weight, getattr(head, "bias", None)
+
+
 def first_answer_tokens(tokenizer, examples: Sequence[Example]
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """[N] first token of each example's MEM answer and of its GEN answer, tokenized as the
     margin and training see them (the answer alone, after the prompt)."""
-    mem, gen = [], []
+    mem: list[int] = []
+    gen: list[int] = []
     for ex in examples:
         if ex.mem_answer is None or ex.gen_answer is None:
             raise ValueError(f"answer lens: example {ex.prompt!r} lacks a MEM or GEN answer")
@@ -70,9 +78,7 @@ def lens_margins(model: nn.Module, hidden: torch.Tensor, mem_ids: torch.Tensor,
         raise ValueError(f"answer lens: expected hidden [N, D] and N answer ids, got "
                          f"{tuple(hidden.shape)}, {tuple(mem_ids.shape)}, {tuple(gen_ids.shape)}")
     norm = final_norm(model)
-    head = unwrap(model).get_output_embeddings()
-    weight = head.weight
-    bias = getattr(head, "bias", None)
+    weight, bias = unembedding(model)
     out = []
     for start in range(0, hidden.shape[0], batch_size):
         h = hidden[start:start + batch_size].to(device=weight.device, dtype=weight.dtype)
