@@ -53,15 +53,16 @@ def test_run_logs_every_stage_to_mlflow(trained_run):
     assert {"config.yaml", "model", "checkpoints", "neurons", "probes", "steering",
             "consistency", "behavior"} <= paths()
     assert {"neurons/neurons.parquet", "neurons/abs_r_heatmap.png"} <= paths("neurons")
+    # the default tunes over candidates (add on mlp or on resid, per direction): kinds tables
     assert {"steering/grid.csv", "steering/success_vs_alpha.png",
-            "steering/tuning.csv"} <= paths("steering")
+            "steering/kinds.csv", "steering/kinds_tuning.csv"} <= paths("steering")
     assert metrics["steer/tuned/alpha"] in cfg.analysis.steering.tune_alpha
     assert metrics["steer/tuned/top_fraction"] in cfg.analysis.steering.tune_top_fraction
     # tune_per_direction (the default): each direction steered at its own tuned cell
     for direction in ("to_gen", "to_mem"):
         assert metrics[f"steer/{direction}/alpha"] == metrics[f"steer/tuned/{direction}/alpha"]
         assert metrics[f"steer/{direction}/k"] == metrics[f"steer/tuned/{direction}/k"]
-    assert "steering/tuning_grid.csv" in paths("steering")
+    assert "steering/kinds_tuning.csv" in paths("steering")  # every scored candidate cell
     assert "probes/accuracy_by_layer.png" in paths("probes")
     assert {"consistency/intra.csv", "consistency/transfer.csv"} <= paths("consistency")
 
@@ -161,6 +162,10 @@ def test_steering_is_tuned_on_the_selection_split_only(trained_run, monkeypatch)
 
     monkeypatch.setattr(stages, "steering_grid", grid_spy)
     monkeypatch.setattr(stages, "evaluate_steering", steer_spy)
+    # one site spec (tune_sites=()): the (k, alpha) tuning path; the default's candidates
+    # are tuned through kinds (tests/test_steering_kinds_run.py)
+    settings = dataclasses.replace(settings, steering=dataclasses.replace(
+        settings.steering, tune_sites=()))
     # tune_per_direction (the default): once per direction, each at its own tuned cell
     result = stages.analyse_model(subject, settings, stages=("neurons", "steering"))
     selection = {ex.prompt for ex in result.behaviors.selection.examples}

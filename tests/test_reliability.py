@@ -59,8 +59,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[str, list[str], str]]:
          "analysis.steering.top_k"),
         ("unknown site", ["analysis.sites=[resid.99]"], "analysis.sites: site 'resid.99'"),
         ("steering site not analysed", ["analysis.sites=[resid]",
-                                        "analysis.steering.sites=mlp.1"],
+                                        "analysis.steering.sites=mlp.1",
+                                        "analysis.steering.tune_sites=[]"],
          "analysis.steering.sites: 'mlp.1' is not an analysed site"),
+        ("steering sites the site candidates would ignore", ["analysis.steering.sites=resid"],
+         "analysis.steering.sites: expected the default 'mlp' while "
+         "analysis.steering.tune_sites=['mlp', 'resid'] picks the sites per direction (to "
+         "steer these sites alone add analysis.steering.tune_sites=[])"),
         ("duplicate consistency seeds", ["analysis.consistency_seeds=[1,1]"],
          "analysis.consistency_seeds: expected distinct integers"),
         ("missing run id", ["resume=0123456789abcdef"], "0123456789abcdef"),

@@ -65,7 +65,8 @@ class SteeringSettings:
     positions: str | None = None  # last_prompt | every_pass | prompt | all; None: last_prompt_only
     tune_kinds: tuple[str, ...] = ()  # empty: (kind,)
     tune_positions: tuple[str, ...] = ()  # empty: (positions,)
-    tune_sites: tuple[str, ...] = ()  # empty: (sites,)
+    # empty: (sites,); the default lets each direction pick MLP or decoder-layer outputs
+    tune_sites: tuple[str, ...] = ("mlp", "resid")
     tune_keep: int = 2  # candidates refined over k x alpha after the one-cell screen
     ceiling: bool = True  # the GEN->MEM full-site interchange ceiling
     # abs_r (the paper) | attribution: NMD x the margin's gradient (steering/attribution.py)

@@ -155,7 +155,7 @@ class SteeringConfig:
     positions: str | None = None
     tune_kinds: list[str] = field(default_factory=list)
     tune_positions: list[str] = field(default_factory=list)
-    tune_sites: list[str] = field(default_factory=list)
+    tune_sites: list[str] = field(default_factory=lambda: ["mlp", "resid"])
     tune_keep: int = 2
     ceiling: bool = True
     # how the steered neurons are ranked: abs_r (the paper) or attribution (NMD x the margin's

@@ -25,6 +25,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memgen.analysis.settings import RANKS
+
+DEFAULT_STEERING_SITES = "mlp"  # analysis.steering.sites in conf/analysis/default.yaml
 from memgen.config.schema import (
     CHECKPOINT_METRICS,
     DEFAULT_RANGE,
@@ -360,6 +362,14 @@ def validate(cfg: DictConfig) -> None:
         _require(name in ("random", "low_r", "shuffled"), "analysis.steering.controls",
                  "names from ['low_r', 'random', 'shuffled']", name)
     _validate_kinds(s)
+    # tune_sites names the candidates `memgen run` picks among, so a `sites` of one's own would
+    # be silently ignored (a steering sweep steers `sites` itself: tune_sites does not apply)
+    _require(not s.tune_sites or s.sites == DEFAULT_STEERING_SITES
+             or (cfg.sweep.name != "none" and cfg.sweep.kind == "steering"),
+             "analysis.steering.sites",
+             f"the default '{DEFAULT_STEERING_SITES}' while analysis.steering.tune_sites="
+             f"{list(s.tune_sites)} picks the sites per direction (to steer these sites alone "
+             f"add analysis.steering.tune_sites=[])", s.sites)
     _require(0 < a.selection_fraction < 1, "analysis.selection_fraction", "a fraction in (0, 1)",
              a.selection_fraction)
     _require(len(set(a.consistency_seeds)) == len(a.consistency_seeds)
