@@ -24,8 +24,9 @@ from memgen.config.adapter import settings_from_config
 from tests.conftest import BOTH_BEHAVIORS, tiny_overrides
 from tests.helpers_sweep import fit_designed, store_overrides
 
+# the default steering compares its site candidates (tune_sites): one "steering_kinds" lap
 ANALYSIS_STAGES = ("labelling", "capture", "neurons", "probes", "clean_baseline",
-                   "steering_tuning", "steering_evaluation", "grid", "consistency", "transfer")
+                   "attribution", "steering_kinds", "grid", "consistency", "transfer")
 
 
 def test_stage_timer_books_laps_and_adds_repeats(monkeypatch):
@@ -92,7 +93,7 @@ def test_every_run_logs_its_stage_timings_and_the_report_shows_them(trained_run,
     assert metrics["time/analysis_s"] >= metrics["time/labelling_s"] + metrics["time/capture_s"]
     html = client.download_artifacts(run_id, "report.html", str(tmp_path))
     text = open(html, encoding="utf-8").read()
-    assert "Stage timings" in text and ">steering_tuning<" in text and ">training<" in text
+    assert "Stage timings" in text and ">steering_kinds<" in text and ">training<" in text
 
 
 # -- the artifacts recompute the neuron table ---------------------------------------------------

@@ -141,7 +141,8 @@ def test_a_run_steers_the_top_neurons_by_attribution(trained_run):
     subject = Subject(trained.model, trained.tokenizer, trained.task)
     settings = settings_from_config(trained_run["cfg"])
     settings = settings.with_steering(dataclasses.replace(
-        settings.steering, rank="attribution", tune=False, top_fraction=0.05))
+        settings.steering, rank="attribution", tune=False, top_fraction=0.05,
+        tune_sites=()))  # one site spec: the (k, alpha) path steers `sites` alone
     behaviors, _features, neurons = contrast(subject, settings)
     ranked = rank_by_attribution(subject, settings, neurons, behaviors.selection)
     chosen = steering_selection(settings, ranked)

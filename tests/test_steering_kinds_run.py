@@ -84,10 +84,31 @@ def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run, tm
     assert 0 < inter["n"].sum() <= len(result.behaviors.evaluation.items)
 
 
-def test_default_stays_todays_steering_and_adds_margins(trained_run):
+def test_default_picks_mlp_or_resid_per_direction(trained_run):
+    """The default's candidates are add on the MLP and add on resid at the last prompt token;
+    both are scored on the evaluation split and each direction steers with one of them."""
     from memgen.analysis.stages import analyse_model
 
     subject, settings = _subject_and_settings(trained_run)
+    assert settings.steering.tune_sites == ("mlp", "resid")
+    result = analyse_model(subject, settings, stages=("neurons", "steering"))
+    assert result.tuning is None and result.kinds.tuning is not None
+    rows = result.kinds.table
+    assert set(rows["kind"]) == {"add:mlp", "add:resid"}
+    assert set(rows["positions"]) == {"last_prompt"}
+    picked = rows[rows["steered"]]
+    assert sorted(picked["direction"]) == ["to_gen", "to_mem"]
+    for row in picked.itertuples():
+        assert math.isclose(row.success, result.steering.selected[row.direction].success)
+
+
+def test_one_site_spec_stays_todays_steering_and_adds_margins(trained_run):
+    import dataclasses
+
+    from memgen.analysis.stages import analyse_model
+
+    subject, settings = _subject_and_settings(trained_run)
+    settings = settings.with_steering(dataclasses.replace(settings.steering, tune_sites=()))
     result = analyse_model(subject, settings, stages=("neurons", "steering"))
     assert result.tuning is not None and result.kinds.tuning is None  # today's path
     rows = result.kinds.table

@@ -25,8 +25,6 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from memgen.analysis.settings import RANKS
-
-DEFAULT_STEERING_SITES = "mlp"  # analysis.steering.sites in conf/analysis/default.yaml
 from memgen.config.schema import (
     CHECKPOINT_METRICS,
     DEFAULT_RANGE,
@@ -37,6 +35,8 @@ from memgen.config.schema import (
 from memgen.errors import ConfigError
 from memgen.runtime.boundary import task_error
 from memgen.tasks.registry import TASKS, build_params
+
+DEFAULT_STEERING_SITES = "mlp"  # analysis.steering.sites in conf/analysis/default.yaml
 
 
 def _error(message: str) -> Exception:
