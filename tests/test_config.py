@@ -75,3 +75,16 @@ def test_every_experiment_preset_composes_and_validates(preset):
         s = cfg.analysis.steering
         assert list(s.tune_sites) == ["mlp", "resid"] and s.tune_per_direction
         assert list(s.tune_positions) == ["last_prompt", "every_pass"]
+
+
+def test_the_default_site_candidates_leave_sites_alone_where_they_do_not_apply():
+    """tune_sites=[mlp, resid] picks the sites, so a `sites` of one's own needs tune_sites=[];
+    the paper's preset sets it, and a steering sweep (which steers `sites` itself) is exempt."""
+    assert list(compose([]).analysis.steering.tune_sites) == ["mlp", "resid"]
+    paper = compose(["experiment=paper_steering"]).analysis.steering
+    assert paper.sites == "resid" and list(paper.tune_sites) == []
+    assert compose(["sweep=steering", "analysis.steering.sites=resid"]).analysis.steering.sites \
+        == "resid"
+    with pytest.raises(ConfigError, match="analysis.steering.tune_sites=\\[\\]"):
+        compose(["analysis.steering.sites=resid"])
+    assert compose(["analysis.steering.sites=resid.1", "analysis.steering.tune_sites=[]"])
