@@ -82,12 +82,11 @@ def lens_margins(model: nn.Module, hidden: torch.Tensor, mem_ids: torch.Tensor,
     out = []
     for start in range(0, hidden.shape[0], batch_size):
         h = hidden[start:start + batch_size].to(device=weight.device, dtype=weight.dtype)
-        m, g = mem_ids[start:start + batch_size], gen_ids[start:start + batch_size]
-        normed = norm(h).float()
-        diff = (weight[m.to(weight.device)] - weight[g.to(weight.device)]).float()
-        margin = (normed * diff).sum(-1)
+        m = mem_ids[start:start + batch_size].to(weight.device)
+        g = gen_ids[start:start + batch_size].to(weight.device)
+        margin = (norm(h).float() * (weight[m] - weight[g]).float()).sum(-1)
         if bias is not None:
-            margin = margin + (bias[m.to(weight.device)] - bias[g.to(weight.device)]).float()
+            margin = margin + (bias[m] - bias[g]).float()
         out.append(margin.cpu())
     return torch.cat(out)
 

@@ -29,10 +29,10 @@ from torch import nn
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc
 
 from memgen.analysis.neurons import NeuronSelection
+from memgen.analysis.sites import parse_site
 
 if TYPE_CHECKING:
     from memgen.analysis.lens import LensReport
-from memgen.analysis.sites import parse_site
 
 MIN_TRAIN_PER_CLASS = 2
 MIN_EVAL_PER_CLASS = 1

@@ -30,13 +30,14 @@ from memgen.config.schema import (
     DEFAULT_RANGE,
     MAX_EXAMPLES,
     NEEDS_VARIANTS,
+    SteeringConfig,
     plain,
 )
 from memgen.errors import ConfigError
 from memgen.runtime.boundary import task_error
 from memgen.tasks.registry import TASKS, build_params
 
-DEFAULT_STEERING_SITES = "mlp"  # analysis.steering.sites in conf/analysis/default.yaml
+DEFAULT_STEERING_SITES = SteeringConfig.sites  # the schema's default, "mlp"
 
 
 def _error(message: str) -> Exception:
