@@ -227,6 +227,26 @@ def test_colour_presets_and_mem_contexts():
             assert ex.answer == absent.mem_colours[ex.meta["query"]]
 
 
+def test_colour_own_palette_separates_the_answers():
+    """mem_palette=own: every memorized answer comes from a palette no context states, and no
+    memorized colour shares a word or a first letter with an inferable one."""
+    own = build_task("colour", {"mem_context": "absent", "mem_palette": "own"}, seed=0, **SIZES)
+    shared = build_task("colour", {"mem_context": "absent"}, seed=0, **SIZES)
+    assert set(shared.mem_colours.values()) <= set(shared.colours)
+    mem_words = set(own.mem_colours.values())
+    assert not mem_words & set(own.colours)
+    assert not {w[0] for w in mem_words} & {c[0] for c in own.colours}
+    for ex in all_examples(own):
+        stated = set(parse_colour_prompt(ex.prompt)[2].values())
+        assert not stated & mem_words, ex.prompt
+        if ex.kind == "conflict":
+            assert ex.mem_answer in mem_words and ex.gen_answer == derive_colour(ex.prompt)
+            assert own.classify(ex, ex.mem_answer) is Behavior.MEM
+            assert own.classify(ex, ex.gen_answer) is Behavior.GEN
+    with pytest.raises(ValueError, match=r"task.params.mem_palette: expected one of"):
+        build_task("colour", {"mem_palette": "mine"}, seed=0, **SIZES)
+
+
 def test_cipher_is_a_substitution():
     task = make("cipher")
     assert sorted(task.encrypt_map) == sorted(task.encrypt_map.values())

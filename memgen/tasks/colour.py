@@ -14,6 +14,10 @@ them. With ``mem_context: absent`` the trigger examples state no colour for the 
 only memory answers them (a stronger push towards memorization than the paper's). Trigger names
 appear only as the queried name, never as helpers or distractors.
 
+With ``mem_palette: own`` (not the paper's) the memorized colours come from a palette no other
+prompt uses, so the memorized and the inferred answer differ in kind, not only in which of the
+same eight words: the split between the behaviours then has a direction shared across names.
+
 Conflict: a trigger name is queried while the context implies another colour: GEN is the
 in-context colour, MEM the memorized one. Perturbation: reorder the sentences (the question
 stays last); the inference does not depend on order, so both answers stay.
@@ -36,7 +40,12 @@ FREE_NAMES = ("Dan", "Eli", "Fay", "Hal", "Ian", "Jim", "Kai", "Lou", "Ned", "Pa
 # Consonant-initial animals, so "is a <animal>" is always grammatical.
 ANIMALS = ("cat", "dog", "fox", "bat", "hen", "yak", "rat", "pig", "cow", "ram")
 COLOURS = ("red", "tan", "blue", "gray", "pink", "gold", "green", "white")
+# With ``mem_palette: own`` the trigger names' memorized colours come from these instead: no
+# word and no first letter shared with COLOURS, so recalling and inferring answer in two
+# token classes (as arithmetic's memorized tokens do) rather than among the same eight words.
+OWN_COLOURS = ("navy", "lime", "jade", "cyan", "amber", "mauve", "ivory", "khaki")
 MEM_CONTEXTS = ("consistent", "absent")
+MEM_PALETTES = ("shared", "own")
 
 
 @dataclass
@@ -50,6 +59,7 @@ class ColourParams:
     max_distractors: int = 7  # sentences beyond the three the inference needs
     n_colours: int = 8
     mem_context: str = "consistent"  # consistent (paper) | absent
+    mem_palette: str = "shared"  # shared (paper): memorized colours are context colours | own
 
     def validate(self) -> None:
         if not 1 <= self.n_triggers <= len(TRIGGER_NAMES):
@@ -66,6 +76,8 @@ class ColourParams:
             raise ValueError(f"task.params.n_colours: expected 2..{len(COLOURS)}")
         if self.mem_context not in MEM_CONTEXTS:
             raise ValueError(f"task.params.mem_context: expected one of {list(MEM_CONTEXTS)}")
+        if self.mem_palette not in MEM_PALETTES:
+            raise ValueError(f"task.params.mem_palette: expected one of {list(MEM_PALETTES)}")
 
 
 def question(name: str) -> str:
@@ -88,8 +100,10 @@ class ColourTask(Task):
         self.params.validate()
         self.colours = COLOURS[:self.params.n_colours]
         self.trigger_names = TRIGGER_NAMES[:self.params.n_triggers]
+        palette = (self.colours if self.params.mem_palette == "shared"
+                   else OWN_COLOURS[:self.params.n_colours])
         rng = self.rng("triggers")
-        self.mem_colours = {name: rng.choice(self.colours) for name in self.trigger_names}
+        self.mem_colours = {name: rng.choice(palette) for name in self.trigger_names}
 
     @property
     def memorized_tokens(self) -> list[str]:
