@@ -14,9 +14,10 @@ them. With ``mem_context: absent`` the trigger examples state no colour for the 
 only memory answers them (a stronger push towards memorization than the paper's). Trigger names
 appear only as the queried name, never as helpers or distractors.
 
-With ``mem_palette: own`` (not the paper's) the memorized colours come from a palette no other
-prompt uses, so the memorized and the inferred answer differ in kind, not only in which of the
-same eight words: the split between the behaviours then has a direction shared across names.
+With ``mem_palette: own`` (not the paper's) the memorized colours come from a palette that no
+rule answer uses (and, with ``mem_context: absent``, that no prompt ever states), so the
+memorized and the inferred answer differ in kind, not only in which of the same eight words:
+the split between the behaviours then has a direction shared across names.
 
 Conflict: a trigger name is queried while the context implies another colour: GEN is the
 in-context colour, MEM the memorized one. Perturbation: reorder the sentences (the question
