@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from memgen.tasks import Behavior, Example, Task, build_task
 from memgen.tasks.chat import apply_chat_template
+from memgen.tasks.colour import COLOURS, OWN_COLOURS
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 SIZES = dict(n_train=300, mem_ratio=0.1, n_conflict=30, n_clean=12)
@@ -245,6 +246,10 @@ def test_colour_own_palette_separates_the_answers():
             assert own.classify(ex, ex.gen_answer) is Behavior.GEN
     with pytest.raises(ValueError, match=r"task.params.mem_palette: expected one of"):
         build_task("colour", {"mem_palette": "mine"}, seed=0, **SIZES)
+    # the shipped presets: the CPU preset's own palette reaches the task, the paper's is shared
+    for file, palette in (("colour", set(OWN_COLOURS)), ("colour_paper", set(COLOURS))):
+        params = OmegaConf.to_container(OmegaConf.load(CONF / f"{file}.yaml").params)
+        assert set(build_task("colour", params, seed=0, **SIZES).mem_colours.values()) <= palette
 
 
 def test_cipher_is_a_substitution():
