@@ -18,7 +18,12 @@ from memgen.analysis.settings import Decoding, Subject
 from memgen.analysis.sites import hook_site
 from memgen.analysis.stages import steering_sites
 from memgen.analysis.steering import kinds
-from memgen.analysis.steering.compare import candidate_of, direction_view, tune_kinds
+from memgen.analysis.steering.compare import (
+    KindTuning,
+    candidate_of,
+    direction_view,
+    tune_kinds,
+)
 from memgen.analysis.steering.hooks import steer
 from memgen.analysis.steering.intervene import POSITIONS, Intervention, intervene
 from memgen.analysis.steering.margin import margins
@@ -428,3 +433,35 @@ def test_kind_names_with_several_sites_make_valid_metric_names():
     rows = [{"kind": name, "positions": positions, "direction": "to_gen", "success": 0.5}]
     names = list(kind_metrics(rows))
     assert names and all(re.fullmatch(r"[\w\-. :/]+", n) for n in names)
+
+
+def test_budget_frontier_says_which_budget_binds():
+    """Per direction, the best selection-split success within both budgets, without each and
+    without either; the upper-bound kinds (interchange) are not pickable, so not counted."""
+    def cell(kind, alpha, mem, mem_ctrl, mem_drop, gen=0.5, gen_ctrl=0.3, gen_drop=0.0):
+        return {"kind": kind, "positions": "last_prompt", "sites": "mlp", "top": 0.1,
+                "alpha": alpha, "stage": "refine", "k": 10,
+                "min_success": min(mem, gen), "max_control_success": max(mem_ctrl, gen_ctrl),
+                "clean_acc_drop": max(mem_drop, gen_drop), "score": 0.0,
+                "to_mem_success": mem, "to_mem_max_control_success": mem_ctrl,
+                "to_mem_clean_acc_drop": mem_drop, "to_gen_success": gen,
+                "to_gen_max_control_success": gen_ctrl, "to_gen_clean_acc_drop": gen_drop}
+
+    scores = pd.DataFrame([cell("add", 1.0, 0.60, 0.05, 0.01),   # within both
+                           cell("add", 3.0, 0.85, 0.05, 0.30),   # only the drop breaks
+                           cell("add", 5.0, 0.90, 0.40, 0.02),   # only the control breaks
+                           cell("add", 9.0, 0.95, 0.50, 0.50),   # both break
+                           cell("interchange", 1.0, 1.00, 0.0, 0.0, gen=1.0, gen_ctrl=0.0)])
+    t = KindTuning(scores, scores.iloc[0])
+    f = t.budget_frontier(0.1, 0.02)
+    assert f["steer/budget/to_mem/within"] == pytest.approx(0.60)
+    assert f["steer/budget/to_mem/control_only"] == pytest.approx(0.85)
+    assert f["steer/budget/to_mem/drop_only"] == pytest.approx(0.90)
+    assert f["steer/budget/to_mem/unbounded"] == pytest.approx(0.95)
+    # toward GEN every add cell's control (0.3) breaks the budget: nothing within it
+    assert math.isnan(f["steer/budget/to_gen/within"])
+    assert math.isnan(f["steer/budget/to_gen/control_only"])
+    assert f["steer/budget/to_gen/drop_only"] == pytest.approx(0.5)
+    # no budget at all: everything counts
+    free = t.budget_frontier(None, None)
+    assert free["steer/budget/to_mem/within"] == pytest.approx(0.95)

@@ -59,6 +59,11 @@ def test_kinds_are_tuned_on_selection_and_reported_on_evaluation(trained_run, tm
         assert tuple(row[["kind", "positions", "sites"]].iloc[0]) == cand
         assert row["success"].iloc[0] == result.steering.selected[d].success
         assert m[f"steer/tuned/{d}/alpha"] == row["alpha"].iloc[0] == result.steering.cell(d)[1]
+        # which budget binds: relaxing a budget never lowers the best selection-split success
+        free = m[f"steer/budget/{d}/unbounded"]
+        for budget in ("within", "control_only", "drop_only"):
+            value = m[f"steer/budget/{d}/{budget}"]
+            assert math.isnan(value) or value <= free
     # logged: each direction's pick as a tag, and the kinds table with its steered rows
     from mlflow.tracking import MlflowClient
 

@@ -214,7 +214,7 @@ def run_kinds(subject: Subject, settings: AnalysisSettings, neurons: Neurons,
             report.result = merge_directions({dr: held_out[cand, dr]
                                               for dr, cand in report.picks.items()})
             report.metrics |= direction_metrics(cells)
-        report.metrics |= report.tuning.metrics()
+        report.metrics |= report.tuning.metrics() | report.tuning.budget_frontier(*budget)
     report.table = pd.DataFrame(rows)
     report.metrics |= kind_metrics(rows)
     if s.ceiling:

@@ -174,6 +174,31 @@ class KindTuning:
                 out[direction] = best_cell(view, max_control, max_clean_drop)
         return out
 
+    def budget_frontier(self, max_control: float | None,
+                        max_clean_drop: float | None) -> dict[str, float]:
+        """Which budget binds: per direction, the best selection-split success of the pickable
+        cells within both budgets, without the clean-drop budget (``control_only``), without
+        the control budget (``drop_only``) and without either (``unbounded``); NaN where no
+        cell qualifies. Where ``within`` falls short of a target that ``control_only`` meets,
+        the clean-accuracy cost, not the controls, is what stops the intervention."""
+        eps = 1e-9  # as best_cell: rates are ratios of counts
+        inf = math.inf
+        out: dict[str, float] = {}
+        for direction in DIRECTIONS:
+            view = direction_view(_pickable(self.scores), direction)
+            if view.empty:
+                continue
+            control = view["max_control_success"] <= (inf if max_control is None
+                                                       else max_control + eps)
+            drop = view["clean_acc_drop"] <= (inf if max_clean_drop is None
+                                              else max_clean_drop + eps)
+            for name, mask in (("within", control & drop), ("control_only", control),
+                               ("drop_only", drop), ("unbounded", control | ~control)):
+                best = view.loc[mask, "min_success"]
+                out[f"steer/budget/{direction}/{name}"] = (float(best.max()) if len(best)
+                                                           else math.nan)
+        return out
+
     def metrics(self) -> dict[str, float]:
         return {"steer/tuned/top_fraction": float(self.best["top"]),
                 "steer/tuned/alpha": float(self.best["alpha"]),
