@@ -499,3 +499,17 @@ def test_run_grid_steers_the_capped_subsample(monkeypatch):
         settings = AnalysisSettings(steering=SteeringSettings(tune_max_items=cap))
         stages.run_grid(None, settings, neurons, split, [])
         assert seen["n"] == expected
+
+
+def test_the_colour_preset_skips_the_grid_and_tunes_alpha_1_and_3():
+    """``grid_top_fraction: []`` (the colour preset) skips the (k, alpha) figure: no item is
+    steered, and the run logs no grid table; tuning keeps the two alphas colour ever picked."""
+    from memgen.config import compose
+    from memgen.config.adapter import settings_from_config
+
+    s = settings_from_config(compose(["experiment=colour_cpu"])).steering
+    assert s.grid_top_fraction == () and s.tune_alpha == (1.0, 3.0)
+    # no subject is needed: with no k there is nothing to select, steer or decode
+    assert steering_grid(None, [], [], {}, s.grid_top_fraction, s.grid_alpha).empty
+    default = settings_from_config(compose([])).steering
+    assert default.grid_top_fraction == (0.05, 0.1) and default.tune_alpha == (1.0, 3.0, 5.0, 9.0)
