@@ -192,8 +192,9 @@ class KindTuning:
                                                        else max_control + eps)
             drop = view["clean_acc_drop"] <= (inf if max_clean_drop is None
                                               else max_clean_drop + eps)
+            anything = pd.Series(True, index=view.index)
             for name, mask in (("within", control & drop), ("control_only", control),
-                               ("drop_only", drop), ("unbounded", control | ~control)):
+                               ("drop_only", drop), ("unbounded", anything)):
                 best = view.loc[mask, "min_success"]
                 out[f"steer/budget/{direction}/{name}"] = (float(best.max()) if len(best)
                                                            else math.nan)
