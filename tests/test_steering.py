@@ -501,15 +501,30 @@ def test_run_grid_steers_the_capped_subsample(monkeypatch):
         assert seen["n"] == expected
 
 
-def test_the_colour_preset_skips_the_grid_and_tunes_alpha_1_and_3():
-    """``grid_top_fraction: []`` (the colour preset) skips the (k, alpha) figure: no item is
-    steered, and the run logs no grid table; tuning keeps the two alphas colour ever picked."""
+def test_the_colour_preset_skips_the_grid_and_tunes_alpha_1_and_3(monkeypatch):
+    """``grid_top_fraction: []`` (the colour preset) makes the grid stage steer nothing (no
+    neurons selected, no item evaluated); tuning keeps the two alphas colour ever picked."""
+    from types import SimpleNamespace
+
+    from memgen.analysis import stages
+    from memgen.analysis.results import Split
+    from memgen.analysis.steering import tuning
     from memgen.config import compose
     from memgen.config.adapter import settings_from_config
 
-    s = settings_from_config(compose(["experiment=colour_cpu"])).steering
+    settings = settings_from_config(compose(["experiment=colour_cpu"]))
+    s = settings.steering
     assert s.grid_top_fraction == () and s.tune_alpha == (1.0, 3.0)
-    # no subject is needed: with no k there is nothing to select, steer or decode
-    assert steering_grid(None, [], [], {}, s.grid_top_fraction, s.grid_alpha).empty
     default = settings_from_config(compose([])).steering
     assert default.grid_top_fraction == (0.05, 0.1) and default.tune_alpha == (1.0, 3.0, 5.0, 9.0)
+
+    def no_steering(*args, **kwargs):
+        raise AssertionError("the grid steered although it has no k")
+
+    monkeypatch.setattr(tuning, "evaluate_steering", no_steering)
+    monkeypatch.setattr(tuning, "select_top", no_steering)
+    monkeypatch.setattr(stages, "steering_stats", lambda steering, stats: {})
+    split = Split(items=list(range(4)), examples=[f"ex{i}" for i in range(4)],
+                  labels=torch.tensor([1, 1, 0, 0]))
+    grid = stages.run_grid(None, settings, SimpleNamespace(stats={}), split, [])
+    assert grid.empty

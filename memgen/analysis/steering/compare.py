@@ -38,7 +38,7 @@ from memgen.analysis.steering.intervene import (
     intervene,
 )
 from memgen.analysis.steering.margin import margins
-from memgen.analysis.steering.tuning import best_cell
+from memgen.analysis.steering.tuning import best_cell, within_budget
 from memgen.tasks.base import Behavior, Example
 
 Candidate = tuple[str, str, str]  # kind, positions, sites
@@ -181,21 +181,15 @@ class KindTuning:
         the control budget (``drop_only``) and without either (``unbounded``); NaN where no
         cell qualifies. Where ``within`` falls short of a target that ``control_only`` meets,
         the clean-accuracy cost, not the controls, is what stops the intervention."""
-        eps = 1e-9  # as best_cell: rates are ratios of counts
-        inf = math.inf
+        budgets = {"within": (max_control, max_clean_drop), "control_only": (max_control, None),
+                   "drop_only": (None, max_clean_drop), "unbounded": (None, None)}
         out: dict[str, float] = {}
         for direction in DIRECTIONS:
             view = direction_view(_pickable(self.scores), direction)
             if view.empty:
                 continue
-            control = view["max_control_success"] <= (inf if max_control is None
-                                                       else max_control + eps)
-            drop = view["clean_acc_drop"] <= (inf if max_clean_drop is None
-                                              else max_clean_drop + eps)
-            anything = pd.Series(True, index=view.index)
-            for name, mask in (("within", control & drop), ("control_only", control),
-                               ("drop_only", drop), ("unbounded", anything)):
-                best = view.loc[mask, "min_success"]
+            for name, budget in budgets.items():
+                best = view.loc[within_budget(view, *budget), "min_success"]
                 out[f"steer/budget/{direction}/{name}"] = (float(best.max()) if len(best)
                                                            else math.nan)
         return out

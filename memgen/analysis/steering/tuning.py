@@ -114,6 +114,19 @@ def grid_scores(grid: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def within_budget(scores: pd.DataFrame, max_control: float | None = None,
+                  max_clean_drop: float | None = None) -> pd.Series:
+    """The cells whose best control and clean drop stay within ``max_control`` /
+    ``max_clean_drop`` (None: no limit), as a boolean mask over ``scores``."""
+    eps = 1e-9  # rates are ratios of counts: 0.935 - 0.915 must count as a 0.02 drop
+    mask = pd.Series(True, index=scores.index)
+    if max_control is not None:
+        mask &= scores["max_control_success"] <= max_control + eps
+    if max_clean_drop is not None:
+        mask &= scores["clean_acc_drop"] <= max_clean_drop + eps
+    return mask
+
+
 def best_cell(scores: pd.DataFrame, max_control: float | None = None,
               max_clean_drop: float | None = None) -> pd.Series:
     """The highest score; with a budget, the highest weaker-direction success among the cells
@@ -122,12 +135,7 @@ def best_cell(scores: pd.DataFrame, max_control: float | None = None,
     valid = scores.dropna(subset=["score"])
     if valid.empty:
         raise ValueError("steering tuning: no (top, alpha) cell had items in both directions")
-    within = valid
-    eps = 1e-9  # rates are ratios of counts: 0.935 - 0.915 must count as a 0.02 drop
-    if max_control is not None:
-        within = within[within["max_control_success"] <= max_control + eps]
-    if max_clean_drop is not None:
-        within = within[within["clean_acc_drop"] <= max_clean_drop + eps]
+    within = valid[within_budget(valid, max_control, max_clean_drop)]
     if (max_control is not None or max_clean_drop is not None) and not within.empty:
         return within.sort_values(["min_success", "alpha", "k"],
                                   ascending=[False, True, True]).iloc[0]
